@@ -1,0 +1,1 @@
+//! quarry-consensus: durable Raft on raft-rs (see the consensus issue).

@@ -1,0 +1,1 @@
+//! The node library: everything `quarryd` runs and the `quarry` CLI shares.

@@ -1,0 +1,1 @@
+//! quarry-tests: the multi-host lab and end-to-end tests (see the lab issue).
