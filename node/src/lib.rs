@@ -1,1 +1,5 @@
 //! The node library: everything `quarryd` runs and the `quarry` CLI shares.
+//!
+//! Pure modules (no I/O crate imported; tested without Docker or a network): [`types`].
+
+pub mod types;
