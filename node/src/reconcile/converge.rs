@@ -1,0 +1,222 @@
+//! The converging shell: executes a [`Diff`] on the local Docker engine.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use super::diff::{Diff, ObservedContainer};
+use crate::docker::{self, containers, DockerError, Engine};
+use crate::health::{self, Target};
+use crate::types::{DesiredContainer, Health, Kind, SliceId};
+
+/// Why converging failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    /// Docker refused something.
+    #[error(transparent)]
+    Docker(#[from] DockerError),
+    /// New replicas did not get healthy in time; they were removed again.
+    #[error("not healthy within {waited_s} s, so the new containers were removed and the running ones left as they were: {}", .failures.join("; "))]
+    Unhealthy {
+        /// How long it waited.
+        waited_s: u64,
+        /// One line per replica that failed.
+        failures: Vec<String>,
+    },
+}
+
+/// What [`Converger::bring_up`] did.
+#[derive(Debug, Clone, Default)]
+pub struct UpReport {
+    /// Containers created now: slice -> container id.
+    pub created: BTreeMap<SliceId, String>,
+    /// Containers started now (they existed, stopped).
+    pub started: BTreeSet<SliceId>,
+    /// Every desired replica that passed a probe (new and kept).
+    pub healthy: BTreeSet<SliceId>,
+    /// Kept replicas that did not pass a probe in time: slice -> last failure.
+    pub unhealthy_kept: BTreeMap<SliceId, String>,
+}
+
+/// Executes diffs for one stack on one engine.
+pub struct Converger<'a> {
+    engine: &'a Engine,
+    network: String,
+    /// Node -> its domains, recorded on its containers.
+    domains: BTreeMap<String, Vec<String>>,
+    /// How long new replicas may take to get healthy.
+    health_timeout: Duration,
+    /// Where progress lines go.
+    log: &'a (dyn Fn(&str) + Sync),
+}
+
+impl std::fmt::Debug for Converger<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Converger")
+            .field("network", &self.network)
+            .field("health_timeout", &self.health_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The address the host reaches a replica's main port on.
+fn main_addr(ports: &[u16], host_ports: &BTreeMap<u16, u16>) -> Option<SocketAddr> {
+    let main = ports.first()?;
+    let host = host_ports.get(main)?;
+    Some(SocketAddr::from((Ipv4Addr::LOCALHOST, *host)))
+}
+
+fn target_of_desired(d: &DesiredContainer) -> Target {
+    let host_ports = d
+        .placement
+        .as_ref()
+        .map(|p| p.host_ports.clone())
+        .unwrap_or_default();
+    Target {
+        slice: d.slice.clone(),
+        addr: main_addr(&d.ports, &host_ports),
+        health: d.health.clone(),
+    }
+}
+
+/// The probe target of an observed container (its main port is the lowest published one when
+/// the desired order is not known).
+pub fn target_of_observed(o: &ObservedContainer, ports: &[u16], health: Option<Health>) -> Target {
+    let addr = main_addr(ports, &o.host_ports).or_else(|| {
+        o.host_ports
+            .values()
+            .next()
+            .map(|p| SocketAddr::from((Ipv4Addr::LOCALHOST, *p)))
+    });
+    Target {
+        slice: o.slice.clone(),
+        addr,
+        health: health.or_else(|| o.health.clone()),
+    }
+}
+
+impl<'a> Converger<'a> {
+    /// A converger for one stack's network.
+    pub fn new(
+        engine: &'a Engine,
+        network: String,
+        domains: BTreeMap<String, Vec<String>>,
+        health_timeout: Duration,
+        log: &'a (dyn Fn(&str) + Sync),
+    ) -> Self {
+        Converger {
+            engine,
+            network,
+            domains,
+            health_timeout,
+            log,
+        }
+    }
+
+    /// Steps 1–3: replaces, creates and starts what the diff asks, services first, and waits
+    /// until the new replicas are healthy. Removes nothing that is merely undesired.
+    pub async fn bring_up(
+        &self,
+        diff: &Diff,
+        desired: &[DesiredContainer],
+    ) -> Result<UpReport, ReconcileError> {
+        let mut report = UpReport::default();
+        let result = self.bring_up_inner(diff, desired, &mut report).await;
+        if let Err(e) = result {
+            for (slice, id) in &report.created {
+                (self.log)(&format!("removing {slice} (rollback)"));
+                let _ = containers::remove(self.engine, id).await;
+            }
+            return Err(e);
+        }
+        Ok(report)
+    }
+
+    async fn bring_up_inner(
+        &self,
+        diff: &Diff,
+        desired: &[DesiredContainer],
+        report: &mut UpReport,
+    ) -> Result<(), ReconcileError> {
+        let by_slice: BTreeMap<&SliceId, &DesiredContainer> =
+            desired.iter().map(|d| (&d.slice, d)).collect();
+        let mut create: Vec<&DesiredContainer> = diff.create.iter().collect();
+        for (old, new) in &diff.replace {
+            (self.log)(&format!("replacing {}", old.name));
+            containers::stop_and_remove(self.engine, &old.id, 10).await?;
+            create.push(new);
+        }
+        let deadline = Instant::now() + self.health_timeout;
+        for services in [true, false] {
+            let wanted = |k: Kind| (k == Kind::Service) == services;
+            let mut targets = Vec::new();
+            for d in create.iter().filter(|d| wanted(d.kind)) {
+                let name = d.container_name();
+                (self.log)(&format!("creating {name}"));
+                let domains = self.domains.get(&d.node).cloned().unwrap_or_default();
+                let id = containers::create(self.engine, &self.network, d, &domains).await?;
+                report.created.insert(d.slice.clone(), id.clone());
+                containers::start(self.engine, &id).await?;
+                targets.push(target_of_desired(d));
+            }
+            for o in diff.start.iter().filter(|o| wanted(o.kind)) {
+                (self.log)(&format!("starting {}", o.name));
+                docker::containers::start(self.engine, &o.id).await?;
+                report.started.insert(o.slice.clone());
+                let d = by_slice.get(&o.slice);
+                targets.push(match d {
+                    Some(d) => target_of_desired(d),
+                    None => target_of_observed(o, &[], None),
+                });
+            }
+            let outcomes = health::wait_healthy(&targets, deadline).await;
+            let failures: Vec<String> = outcomes
+                .iter()
+                .filter_map(|o| o.result.as_ref().err().map(|e| format!("{}: {e}", o.slice)))
+                .collect();
+            if !failures.is_empty() {
+                return Err(ReconcileError::Unhealthy {
+                    waited_s: self.health_timeout.as_secs(),
+                    failures,
+                });
+            }
+            for o in outcomes {
+                (self.log)(&format!("healthy {}", o.slice));
+                report.healthy.insert(o.slice);
+            }
+        }
+        // Kept replicas: probe them so the router only gets what answers.
+        let kept: Vec<Target> = diff
+            .keep
+            .iter()
+            .map(|o| match by_slice.get(&o.slice) {
+                Some(d) => target_of_desired(d),
+                None => target_of_observed(o, &[], None),
+            })
+            .collect();
+        let kept_deadline = Instant::now() + self.health_timeout.min(Duration::from_secs(10));
+        for o in health::wait_healthy(&kept, kept_deadline).await {
+            match o.result {
+                Ok(()) => {
+                    report.healthy.insert(o.slice);
+                }
+                Err(e) => {
+                    report.unhealthy_kept.insert(o.slice, e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Step 5: stops and removes every container the diff no longer wants, concurrently.
+    pub async fn retire(&self, diff: &Diff) -> Result<(), ReconcileError> {
+        let removals = diff.remove.iter().map(|o| async move {
+            (self.log)(&format!("stopping {}", o.name));
+            containers::stop_and_remove(self.engine, &o.id, 10).await
+        });
+        for r in futures_util::future::join_all(removals).await {
+            r?;
+        }
+        Ok(())
+    }
+}
