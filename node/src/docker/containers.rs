@@ -24,6 +24,8 @@ pub mod extra_labels {
     pub const HEALTH: &str = "quarry.health";
     /// The node's domains, comma separated (web only).
     pub const DOMAINS: &str = "quarry.domains";
+    /// The container ports, main one first, comma separated.
+    pub const PORTS: &str = "quarry.ports";
 }
 
 /// Where the published ports are bound: the host's loopback only (the router and the health
@@ -138,6 +140,10 @@ fn from_labels(l: &HashMap<String, String>) -> Option<ObservedContainer> {
                     .collect()
             })
             .unwrap_or_default(),
+        ports: l
+            .get(extra_labels::PORTS)
+            .map(|p| p.split(',').filter_map(|p| p.parse().ok()).collect())
+            .unwrap_or_default(),
         state: RunState::Stopped,
         status: String::new(),
         host_ports: BTreeMap::new(),
@@ -184,6 +190,15 @@ pub async fn create(
             serde_json::to_string(health).unwrap_or_default(),
         );
     }
+    labels.insert(
+        extra_labels::PORTS.to_owned(),
+        desired
+            .ports
+            .iter()
+            .map(u16::to_string)
+            .collect::<Vec<_>>()
+            .join(","),
+    );
     if !domains.is_empty() {
         labels.insert(extra_labels::DOMAINS.to_owned(), domains.join(","));
     }

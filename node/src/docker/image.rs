@@ -57,10 +57,11 @@ pub async fn ensure_image(
     }
 }
 
-/// Packs a directory as a tar build context.
+/// Packs a directory as a tar build context. Symlinks are followed (a build directory may link
+/// a host binary, such as the examples' `busybox -> /bin/busybox`), as `tar -h` does.
 fn pack_context(dir: &Path) -> std::io::Result<Vec<u8>> {
     let mut builder = tar::Builder::new(Vec::new());
-    builder.follow_symlinks(false);
+    builder.follow_symlinks(true);
     builder.append_dir_all(".", dir)?;
     builder.into_inner()
 }

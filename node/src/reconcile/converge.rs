@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use super::diff::{Diff, ObservedContainer};
 use crate::docker::{self, containers, DockerError, Engine};
 use crate::health::{self, Target};
-use crate::types::{DesiredContainer, Health, Kind, SliceId};
+use crate::types::{DesiredContainer, Kind, SliceId};
 
 /// Why converging failed.
 #[derive(Debug, thiserror::Error)]
@@ -79,19 +79,12 @@ fn target_of_desired(d: &DesiredContainer) -> Target {
     }
 }
 
-/// The probe target of an observed container (its main port is the lowest published one when
-/// the desired order is not known).
-pub fn target_of_observed(o: &ObservedContainer, ports: &[u16], health: Option<Health>) -> Target {
-    let addr = main_addr(ports, &o.host_ports).or_else(|| {
-        o.host_ports
-            .values()
-            .next()
-            .map(|p| SocketAddr::from((Ipv4Addr::LOCALHOST, *p)))
-    });
+/// The probe target of an observed container, from its labels.
+pub fn target_of_observed(o: &ObservedContainer) -> Target {
     Target {
         slice: o.slice.clone(),
-        addr,
-        health: health.or_else(|| o.health.clone()),
+        addr: main_addr(&o.ports, &o.host_ports),
+        health: o.health.clone(),
     }
 }
 
@@ -166,7 +159,7 @@ impl<'a> Converger<'a> {
                 let d = by_slice.get(&o.slice);
                 targets.push(match d {
                     Some(d) => target_of_desired(d),
-                    None => target_of_observed(o, &[], None),
+                    None => target_of_observed(o),
                 });
             }
             let outcomes = health::wait_healthy(&targets, deadline).await;
@@ -191,7 +184,7 @@ impl<'a> Converger<'a> {
             .iter()
             .map(|o| match by_slice.get(&o.slice) {
                 Some(d) => target_of_desired(d),
-                None => target_of_observed(o, &[], None),
+                None => target_of_observed(o),
             })
             .collect();
         let kept_deadline = Instant::now() + self.health_timeout.min(Duration::from_secs(10));

@@ -58,6 +58,8 @@ pub struct ObservedContainer {
     pub health: Option<Health>,
     /// The node's domains.
     pub domains: Vec<String>,
+    /// Its container ports, main one first.
+    pub ports: Vec<u16>,
     /// Running or not.
     pub state: RunState,
     /// Docker's own status word (`running`, `restarting`, `exited`...).

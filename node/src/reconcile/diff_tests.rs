@@ -39,6 +39,7 @@ fn observed_of(d: &DesiredContainer, state: RunState) -> ObservedContainer {
         host: p.host.clone(),
         health: None,
         domains: vec![],
+        ports: d.ports.clone(),
         state,
         status: "running".into(),
         host_ports: p.host_ports.clone(),
