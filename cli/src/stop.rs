@@ -1,0 +1,73 @@
+//! `quarry stop [DIR]`: removes everything of a local stack: its containers, its network, its
+//! nginx and its files under QUARRY_HOME. Images are kept (they are the build cache).
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use quarry_node::docker::{containers, network, Engine};
+use serde::Serialize;
+
+use crate::local;
+
+/// `quarry stop` arguments.
+#[derive(Debug, clap::Args)]
+pub struct StopArgs {
+    /// The stack's directory (the one holding quarry.yml).
+    #[arg(default_value = ".")]
+    pub dir: PathBuf,
+    /// The stack's name (instead of reading it from DIR/quarry.yml).
+    #[arg(short = 's', long = "stack")]
+    pub stack: Option<String>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct StopReport {
+    stack: String,
+    containers_removed: usize,
+    router_stopped: Option<u32>,
+}
+
+/// Runs `quarry stop`.
+pub async fn run(args: StopArgs) -> anyhow::Result<()> {
+    let name = local::stack_name(args.stack.as_deref(), &args.dir)?;
+    let engine = Engine::connect().await?;
+    let ids = containers::stack_container_ids(&engine, &name).await?;
+    let removals = ids.iter().map(|id| containers::remove(&engine, id));
+    for r in futures_util::future::join_all(removals).await {
+        r?;
+    }
+    network::remove_network(&engine, &name).await?;
+    let nginx = local::router(&name);
+    let pid = nginx.pid();
+    tokio::task::spawn_blocking(move || nginx.stop_and_remove())
+        .await
+        .context("router task")??;
+    let dir = local::stack_dir(&name);
+    match std::fs::remove_dir_all(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("removing {}", dir.display())),
+    }
+    let report = StopReport {
+        stack: name,
+        containers_removed: ids.len(),
+        router_stopped: pid,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "stack {}: removed {} container(s), its network{}",
+            report.stack,
+            report.containers_removed,
+            match pid {
+                Some(p) => format!(" and its router (nginx pid {p})"),
+                None => String::new(),
+            }
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,469 @@
+//! `quarry start` / `ps` / `stop` against the real local Docker and a real nginx, on copies of
+//! the bundled example under unique stack names (so the tests run side by side). Every test
+//! removes its containers, network, nginx, files and images on the way out, also when it fails.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const DOMAIN: &str = "guestbook.test";
+
+/// One stack of the example under its own name, QUARRY_HOME and router port.
+struct Stack {
+    name: String,
+    dir: PathBuf,
+    home: tempfile::TempDir,
+    _src: tempfile::TempDir,
+    listen: SocketAddr,
+}
+
+fn example_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/guestbook")
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for e in std::fs::read_dir(from).expect("read example") {
+        let e = e.expect("entry");
+        let target = to.join(e.file_name());
+        let meta = std::fs::symlink_metadata(e.path()).expect("meta");
+        if meta.is_dir() {
+            copy_dir(&e.path(), &target);
+        } else if meta.file_type().is_symlink() {
+            let link = std::fs::read_link(e.path()).expect("readlink");
+            std::os::unix::fs::symlink(link, &target).expect("symlink");
+        } else {
+            std::fs::copy(e.path(), &target).expect("copy");
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+impl Stack {
+    fn new(tag: &str) -> Stack {
+        let src = tempfile::tempdir().expect("tempdir");
+        let dir = src.path().join("guestbook");
+        copy_dir(&example_dir(), &dir);
+        let name = format!("qt-{tag}-{}", std::process::id());
+        let yml = dir.join("quarry.yml");
+        let text = std::fs::read_to_string(&yml).expect("read quarry.yml");
+        let text = text.replacen("name: guestbook", &format!("name: {name}"), 1);
+        assert!(
+            text.contains(&format!("name: {name}")),
+            "example names its stack"
+        );
+        std::fs::write(&yml, text).expect("write quarry.yml");
+        Stack {
+            name,
+            dir,
+            home: tempfile::tempdir().expect("tempdir"),
+            _src: src,
+            listen: format!("127.0.0.1:{}", free_port()).parse().expect("addr"),
+        }
+    }
+
+    fn quarry(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_quarry"))
+            .args(args)
+            .env("QUARRY_HOME", self.home.path())
+            .env("QUARRY_LISTEN", self.listen.to_string())
+            .output()
+            .expect("run quarry")
+    }
+
+    fn start(&self) -> Output {
+        let dir = self.dir.to_str().expect("utf-8 path");
+        self.quarry(&["start", dir, "--json", "--health-timeout", "60"])
+    }
+
+    fn start_ok(&self) -> Value {
+        let out = self.start();
+        assert!(
+            out.status.success(),
+            "quarry start failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("start --json is JSON")
+    }
+
+    fn ps(&self) -> Value {
+        let out = self.quarry(&["ps", "-s", &self.name, "--json"]);
+        assert!(
+            out.status.success(),
+            "quarry ps failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("ps --json is JSON")
+    }
+
+    /// Container ids of the stack, sorted.
+    fn ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.ps()["containers"]
+            .as_array()
+            .expect("containers")
+            .iter()
+            .map(|c| c["id"].as_str().expect("id").to_owned())
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    fn get(&self) -> Result<(u16, String), String> {
+        get(self.listen, DOMAIN)
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        let out = self.quarry(&["stop", "-s", &self.name]);
+        if !out.status.success() {
+            eprintln!(
+                "cleanup: quarry stop failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let images = docker(&[
+            "images",
+            "-q",
+            "--filter",
+            &format!("label=quarry.stack={}", self.name),
+        ]);
+        let images: Vec<&str> = images.split_whitespace().collect();
+        if !images.is_empty() {
+            let mut args = vec!["rmi", "-f"];
+            args.extend(images);
+            docker(&args);
+        }
+    }
+}
+
+fn docker(args: &[&str]) -> String {
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .expect("run docker");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// One HTTP/1.0 GET through the router: (status, body).
+fn get(addr: SocketAddr, host: &str) -> Result<(u16, String), String> {
+    let mut s =
+        TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    write!(s, "GET / HTTP/1.0\r\nHost: {host}\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).map_err(|e| e.to_string())?;
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("no status line in {text:?}"))?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// `hello from web-r1-0: visit 7` -> ("web-r1-0", 7).
+fn visit(body: &str) -> Option<(String, u64)> {
+    let rest = body.trim().strip_prefix("hello from ")?;
+    let (who, n) = rest.split_once(": visit ")?;
+    Some((who.to_owned(), n.trim().parse().ok()?))
+}
+
+/// Whether a process exists and has not exited (an exited nginx master is re-parented to pid 1,
+/// which on some machines is slow to reap it: a zombie counts as gone).
+fn process_runs(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => false,
+        Ok(stat) => !stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+    }
+}
+
+fn poll<T>(what: &str, deadline: Duration, mut f: impl FnMut() -> Result<T, String>) -> T {
+    let end = Instant::now() + deadline;
+    let mut last = String::new();
+    while Instant::now() < end {
+        match f() {
+            Ok(v) => return v,
+            Err(e) => last = e,
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{what} did not happen within {deadline:?}; last seen: {last}");
+}
+
+#[test]
+fn start_routes_by_domain_and_counts_in_the_service_across_both_replicas_then_stop_leaves_nothing()
+{
+    let s = Stack::new("count");
+    let report = s.start_ok();
+    assert_eq!(report["urls"][0]["domain"], DOMAIN, "{report}");
+    assert_eq!(report["urls"][0]["healthy_replicas"], 2, "{report}");
+    let mut seen = std::collections::BTreeSet::new();
+    let mut last = 0;
+    for _ in 0..8 {
+        let (status, body) = s.get().expect("request through nginx");
+        assert_eq!(status, 200, "{body}");
+        let (who, n) = visit(&body).unwrap_or_else(|| panic!("not a visit: {body:?}"));
+        assert!(n > last, "the count rises: {n} after {last}");
+        last = n;
+        seen.insert(who);
+    }
+    assert_eq!(seen.len(), 2, "both replicas answered: {seen:?}");
+    let ps = s.ps();
+    let containers = ps["containers"].as_array().expect("containers");
+    assert_eq!(containers.len(), 4, "{ps}");
+    for c in containers {
+        assert_eq!(c["state"], "running", "{c}");
+        assert!(c["health"] == "healthy" || c["health"] == "none", "{c}");
+    }
+    let pid = ps["router"]["pid"].as_u64().expect("router pid") as u32;
+
+    let out = s.quarry(&["stop", "-s", &s.name, "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let left = docker(&[
+        "ps",
+        "-aq",
+        "--filter",
+        &format!("label=quarry.stack={}", s.name),
+    ]);
+    assert!(left.trim().is_empty(), "containers left: {left}");
+    let nets = docker(&[
+        "network",
+        "ls",
+        "-q",
+        "--filter",
+        &format!("name=quarry-{}", s.name),
+    ]);
+    assert!(nets.trim().is_empty(), "network left: {nets}");
+    assert!(!process_runs(pid), "nginx {pid} still runs");
+    let files: Vec<_> = std::fs::read_dir(s.home.path())
+        .expect("home")
+        .flatten()
+        .flat_map(|e| std::fs::read_dir(e.path()).into_iter().flatten().flatten())
+        .collect();
+    assert!(files.is_empty(), "stack files left: {files:?}");
+}
+
+#[test]
+fn second_start_changes_nothing_no_docker_event_same_nginx() {
+    let s = Stack::new("idem");
+    let first = s.start_ok();
+    let ids = s.ids();
+    let pid = first["router"]["pid"].as_u64().expect("pid");
+    let since = docker(&["info", "--format", "{{.SystemTime}}"]);
+    let since = since.trim().to_owned();
+    let second = s.start_ok();
+    let until = docker(&["info", "--format", "{{.SystemTime}}"]);
+    assert_eq!(second["changed"], false, "{second}");
+    assert_eq!(second["router"]["action"], "unchanged", "{second}");
+    assert_eq!(second["router"]["pid"].as_u64(), Some(pid));
+    assert_eq!(s.ids(), ids);
+    let events = docker(&[
+        "events",
+        "--since",
+        &since,
+        "--until",
+        until.trim(),
+        "--filter",
+        "type=container",
+        "--format",
+        "{{.Action}} {{.Actor.Attributes.name}}",
+    ]);
+    let ours: Vec<&str> = events
+        .lines()
+        .filter(|l| l.contains(&format!("quarry-{}-", s.name)))
+        .filter(|l| {
+            ["create", "start", "kill", "die", "stop", "destroy"]
+                .iter()
+                .any(|a| l.starts_with(a))
+        })
+        .collect();
+    assert!(
+        ours.is_empty(),
+        "docker events during the second start: {ours:?}"
+    );
+}
+
+#[test]
+fn web_replica_killed_from_the_host_answers_again_through_nginx_within_5s() {
+    let s = Stack::new("kill");
+    s.start_ok();
+    let ps = s.ps();
+    let web0 = ps["containers"]
+        .as_array()
+        .expect("containers")
+        .iter()
+        .find(|c| c["node"] == "web" && c["replica"] == 0)
+        .cloned()
+        .expect("web replica 0");
+    let pid = web0["pid"].as_i64().expect("pid");
+    let host = web0["host"]
+        .as_str()
+        .expect("host")
+        .split(':')
+        .next()
+        .expect("alias")
+        .to_owned();
+    let killed = Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let t0 = Instant::now();
+    poll(
+        "replica 0 answering through nginx again",
+        Duration::from_secs(5),
+        || {
+            let (status, body) = s.get()?;
+            match visit(&body) {
+                Some((who, _)) if status == 200 && who == host => Ok(()),
+                _ => Err(format!("{status} {body}")),
+            }
+        },
+    );
+    eprintln!(
+        "replica back through nginx {:?} after kill -9",
+        t0.elapsed()
+    );
+    let after = s.ps();
+    let again = after["containers"]
+        .as_array()
+        .expect("containers")
+        .iter()
+        .find(|c| c["node"] == "web" && c["replica"] == 0)
+        .cloned()
+        .expect("web replica 0 listed");
+    assert_eq!(again["state"], "running", "{again}");
+    assert_eq!(again["address"], web0["address"], "same address");
+    assert_eq!(again["id"], web0["id"], "same container");
+    assert_ne!(again["pid"], web0["pid"], "a new process");
+}
+
+#[test]
+fn web_image_change_redeploys_with_zero_failed_requests() {
+    let s = Stack::new("deploy");
+    s.start_ok();
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicUsize::new(0));
+    let listen = s.listen;
+    let client = {
+        let (stop, ok) = (stop.clone(), ok.clone());
+        std::thread::spawn(move || {
+            let mut failures = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                match get(listen, DOMAIN) {
+                    Ok((200, body)) if visit(&body).is_some() => {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    other => failures.push(format!("{other:?}")),
+                }
+            }
+            failures
+        })
+    };
+    poll(
+        "the client's first answers",
+        Duration::from_secs(10),
+        || {
+            (ok.load(Ordering::Relaxed) >= 5)
+                .then_some(())
+                .ok_or_else(|| "fewer than 5".to_owned())
+        },
+    );
+    std::fs::write(s.dir.join("web/www/version"), "2\n").expect("change the web image");
+    let during = ok.load(Ordering::Relaxed);
+    let report = s.start_ok();
+    let served = ok.load(Ordering::Relaxed) - during;
+    stop.store(true, Ordering::Relaxed);
+    let failures = client.join().expect("client thread");
+    assert!(
+        failures.is_empty(),
+        "{} failed requests, first: {:?}",
+        failures.len(),
+        failures.first()
+    );
+    assert!(served > 0, "requests were served during the redeploy");
+    let web: Vec<&Value> = report["containers"]
+        .as_array()
+        .expect("containers")
+        .iter()
+        .filter(|c| c["node"] == "web")
+        .collect();
+    assert_eq!(web.len(), 2, "old replicas gone: {report}");
+    assert!(web.iter().all(|c| c["revision"] == 2), "{report}");
+    let (_, body) = s.get().expect("request");
+    assert!(body.contains("web-r2-"), "the new revision answers: {body}");
+}
+
+#[test]
+fn broken_yml_or_failing_build_changes_nothing_of_the_running_stack() {
+    let s = Stack::new("broken");
+    s.start_ok();
+    let ids = s.ids();
+    let yml = s.dir.join("quarry.yml");
+    let good = std::fs::read_to_string(&yml).expect("read");
+    std::fs::write(&yml, good.replace("scale: 2", "scale: 0")).expect("write");
+    let out = s.start();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a broken quarry.yml fails");
+    assert!(
+        err.contains("quarry.yml:") && err.contains("nothing was started"),
+        "{err}"
+    );
+    assert_eq!(s.ids(), ids);
+
+    std::fs::write(&yml, &good).expect("restore");
+    let dockerfile = s.dir.join("web/Dockerfile");
+    let text = std::fs::read_to_string(&dockerfile).expect("read");
+    std::fs::write(&dockerfile, format!("{text}RUN [\"/bin/false\"]\n")).expect("write");
+    let out = s.start();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a failing build fails");
+    assert!(err.contains("error: building"), "{err}");
+    assert_eq!(s.ids(), ids, "nothing replaced");
+    let (status, body) = s.get().expect("still served");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("web-r1-"), "{body}");
+}
+
+#[test]
+fn docker_unreachable_is_a_one_line_error() {
+    let home = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(env!("CARGO_BIN_EXE_quarry"))
+        .args(["start", example_dir().to_str().expect("utf-8")])
+        .env("QUARRY_HOME", home.path())
+        .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+        .output()
+        .expect("run quarry");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let last = err.lines().last().unwrap_or("");
+    assert!(
+        last.starts_with("error: cannot reach the Docker engine") && last.contains("start it"),
+        "{err}"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).is_empty());
+}
