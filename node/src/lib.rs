@@ -2,4 +2,6 @@
 //!
 //! Pure modules (no I/O crate imported; tested without Docker or a network): [`types`].
 
+pub mod build;
+pub mod spec;
 pub mod types;
