@@ -17,6 +17,7 @@ use quarry_node::health;
 use quarry_node::reconcile::converge::target_of_observed;
 use quarry_node::reconcile::RunState;
 use quarry_node::router::Nginx;
+use quarry_node::spec::{self, Diagnostic, DirFacts, LoadError, StackFile};
 use serde::Serialize;
 
 /// The default address of a stack's router.
@@ -64,12 +65,30 @@ pub fn save_listen(stack: &str, listen: SocketAddr) -> anyhow::Result<()> {
         .with_context(|| format!("writing {}", dir.join("listen").display()))
 }
 
+/// Reads and checks DIR/quarry.yml the way `quarry plan` does (the same default name and the
+/// same facts: build directories, this machine's memory as the one server's).
+pub fn load(dir: &Path) -> Result<(StackFile, Vec<Diagnostic>), LoadError> {
+    let facts = DirFacts {
+        root: dir.to_owned(),
+        max_memory: crate::cmd::local_memory(),
+    };
+    let default_name = dir
+        .canonicalize()
+        .ok()
+        .and_then(|d| {
+            d.file_name()
+                .map(|n| n.to_string_lossy().to_ascii_lowercase())
+        })
+        .unwrap_or_else(|| "stack".to_owned());
+    spec::load_with(dir, &default_name, &facts)
+}
+
 /// The stack named by `-s NAME`, or by the quarry.yml in `dir`.
 pub fn stack_name(name: Option<&str>, dir: &Path) -> anyhow::Result<String> {
     if let Some(n) = name {
         return Ok(n.to_owned());
     }
-    match quarry_node::spec::load(dir) {
+    match load(dir) {
         Ok((stack, _)) => Ok(stack.name),
         Err(e) => {
             anyhow::bail!("{e}\n(name the stack with -s NAME to act on it without its quarry.yml)")

@@ -1,5 +1,9 @@
-//! `quarry`: the command line.
+//! `quarry`: run a stack on the local Docker, or drive a quarry cluster.
+//!
+//! Parse the command line, validate it into a command, act; exit codes are decided here:
+//! 0 done, 1 the command failed (the message says why and what to do), 2 bad usage.
 
+mod cmd;
 mod local;
 mod ps;
 mod start;
@@ -9,51 +13,48 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// quarry: git push Docker stacks to a fleet of servers, or run them locally.
 #[derive(Debug, Parser)]
-#[command(
-    name = "quarry",
-    version,
-    about = "Run Docker application stacks, locally or on a quarry cluster"
-)]
+#[command(name = "quarry", version, about, propagate_version = true)]
 struct Cli {
     #[command(subcommand)]
-    command: Cmd,
+    command: Command,
 }
 
 #[derive(Debug, Subcommand)]
-enum Cmd {
-    /// Run a stack on the local Docker, through a local nginx, and print its URLs.
+enum Command {
+    /// Show what applying a stack's quarry.yml would do (ENSURE, DEPLOY, SCALE, ROUTE, KILL).
+    Plan(cmd::plan::Args),
+    /// Run a stack on the local Docker behind a local nginx, and print its URLs.
     Start(start::StartArgs),
     /// Remove every container, network, router and file of a local stack.
     Stop(stop::StopArgs),
-    /// List a local stack's containers.
+    /// List a local stack's containers: node, replica, revision, state, health, address, uptime.
     Ps(ps::PsArgs),
+}
+
+/// Runs an async command on a small runtime.
+fn block_on(f: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(f)?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let result = match cli.command {
+        Command::Plan(args) => cmd::plan::run(&args),
+        Command::Start(args) => block_on(start::run(args)),
+        Command::Stop(args) => block_on(stop::run(args)),
+        Command::Ps(args) => block_on(ps::run(args)),
     };
-    let result = runtime.block_on(async {
-        match cli.command {
-            Cmd::Start(a) => start::run(a).await,
-            Cmd::Stop(a) => stop::run(a).await,
-            Cmd::Ps(a) => ps::run(a).await,
-        }
-    });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("quarry: {e:#}");
             ExitCode::FAILURE
         }
     }

@@ -4,6 +4,8 @@
 use std::path::PathBuf;
 
 use quarry_node::docker::{self, Engine};
+use quarry_node::reconcile;
+use quarry_node::types::{ServerId, StackState};
 use serde::Serialize;
 
 use crate::local;
@@ -27,6 +29,8 @@ struct PsReport {
     stack: String,
     router: Option<Router>,
     containers: Vec<local::PsRow>,
+    /// The current state read back from the containers (what `quarry plan --state` reads).
+    state: StackState,
 }
 
 #[derive(Debug, Serialize)]
@@ -45,10 +49,12 @@ pub async fn run(args: PsArgs) -> anyhow::Result<()> {
         listen: local::saved_listen(&name),
         pid,
     });
+    let state = reconcile::current_state(&name, &ServerId::local(), &observed);
     let report = PsReport {
         stack: name,
         router,
         containers: rows,
+        state,
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);

@@ -22,7 +22,7 @@ use quarry_node::build::{self, Inputs};
 use quarry_node::docker::{self, image, network, Engine};
 use quarry_node::reconcile::{self, Converger};
 use quarry_node::router::{render, Applied, RouterSpec, Site};
-use quarry_node::spec::{self, LoadError};
+use quarry_node::spec::LoadError;
 use quarry_node::types::{DesiredContainer, Placement, ServerId};
 use serde::Serialize;
 
@@ -83,7 +83,7 @@ fn progress(line: &str) {
 /// Runs `quarry start`.
 pub async fn run(args: StartArgs) -> anyhow::Result<()> {
     // 1. quarry.yml: nothing happens unless it is valid.
-    let (stack, warnings) = match spec::load(&args.dir) {
+    let (stack, warnings) = match local::load(&args.dir) {
         Ok(loaded) => loaded,
         Err(LoadError::Invalid(diags)) => bail!("{diags}\nnothing was started or changed"),
         Err(e) => bail!("{e}"),

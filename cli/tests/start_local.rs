@@ -442,7 +442,7 @@ fn broken_yml_or_failing_build_changes_nothing_of_the_running_stack() {
     let out = s.start();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "a failing build fails");
-    assert!(err.contains("error: building"), "{err}");
+    assert!(err.contains("quarry: building"), "{err}");
     assert_eq!(s.ids(), ids, "nothing replaced");
     let (status, body) = s.get().expect("still served");
     assert_eq!(status, 200, "{body}");
@@ -462,7 +462,7 @@ fn docker_unreachable_is_a_one_line_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     let last = err.lines().last().unwrap_or("");
     assert!(
-        last.starts_with("error: cannot reach the Docker engine") && last.contains("start it"),
+        last.starts_with("quarry: cannot reach the Docker engine") && last.contains("start it"),
         "{err}"
     );
     assert!(String::from_utf8_lossy(&out.stdout).is_empty());

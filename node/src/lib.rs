@@ -1,13 +1,15 @@
 //! The node library: everything `quarryd` runs and the `quarry` CLI shares.
 //!
 //! Pure modules (no I/O crate imported; tested without Docker or a network): [`types`],
-//! [`reconcile::diff`], [`router::render`].
+//! [`spec`]'s reader, [`build`], [`reconcile::diff`], [`router::render`].
 //!
 //! I/O shells: [`docker`] (the local engine), [`reconcile`]'s converging shell, [`router`]'s
 //! nginx process owner, [`health`] (probes from the host).
 
+pub mod build;
 pub mod docker;
 pub mod health;
 pub mod reconcile;
 pub mod router;
+pub mod spec;
 pub mod types;

@@ -1,0 +1,147 @@
+//! The I/O shell around [`parse`](super::parse): read a stack directory's quarry.yml and learn
+//! the facts the pure reader asks for (build directories and their content digests).
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use super::{parse, Diagnostic, Diagnostics, Facts, StackFile, FILE_NAME};
+
+/// Why a stack directory could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// There is no quarry.yml.
+    #[error("no {FILE_NAME} in {0}: give the directory of a stack (one with a {FILE_NAME}), or create one (see docs/quarry-yml.md)")]
+    NoFile(PathBuf),
+    /// It could not be read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
+    /// It is not a valid stack.
+    #[error("{0}")]
+    Invalid(Diagnostics),
+}
+
+/// [`Facts`] read from a directory on disk.
+#[derive(Debug, Clone)]
+pub struct DirFacts {
+    /// The directory holding quarry.yml.
+    pub root: PathBuf,
+    /// The largest server's memory, when known.
+    pub max_memory: Option<u64>,
+}
+
+impl Facts for DirFacts {
+    fn build_digest(&self, dir: &str) -> Result<String, String> {
+        let path = self.root.join(dir);
+        match fs::metadata(&path) {
+            Err(_) => return Err("does not exist".to_owned()),
+            Ok(m) if !m.is_dir() => return Err("is not a directory".to_owned()),
+            Ok(_) => {}
+        }
+        if !path.join("Dockerfile").is_file() {
+            return Err("has no Dockerfile".to_owned());
+        }
+        digest_dir(&path).map_err(|e| format!("cannot be read: {e}"))
+    }
+
+    fn max_server_memory(&self) -> Option<u64> {
+        self.max_memory
+    }
+}
+
+/// Load the stack in `dir`, naming it after the directory unless quarry.yml names it.
+pub fn load(dir: &Path) -> Result<(StackFile, Vec<Diagnostic>), LoadError> {
+    let facts = DirFacts {
+        root: dir.to_path_buf(),
+        max_memory: None,
+    };
+    load_with(dir, &default_name(dir), &facts)
+}
+
+/// Load the stack in `dir` with the given default name and facts.
+pub fn load_with(
+    dir: &Path,
+    default_name: &str,
+    facts: &dyn Facts,
+) -> Result<(StackFile, Vec<Diagnostic>), LoadError> {
+    let path = dir.join(FILE_NAME);
+    let text = match fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(LoadError::NoFile(dir.to_path_buf()))
+        }
+        Err(source) => return Err(LoadError::Io { path, source }),
+    };
+    parse(&path.display().to_string(), &text, default_name, facts).map_err(LoadError::Invalid)
+}
+
+/// The directory's name, lower-cased, as a stack name.
+fn default_name(dir: &Path) -> String {
+    let abs = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    abs.file_name()
+        .map(|n| {
+            n.to_string_lossy()
+                .to_ascii_lowercase()
+                .replace(['_', ' ', '.'], "-")
+        })
+        .unwrap_or_else(|| "stack".to_owned())
+}
+
+/// The content digest of a directory (hex sha256): every file under it, in path order, with
+/// its relative path, executable bit and content. `.git` is skipped. Symbolic links are
+/// followed, as quarry's build context follows them (so `busybox -> /bin/busybox` sends, and
+/// hashes, the binary itself).
+pub fn digest_dir(dir: &Path) -> io::Result<String> {
+    let mut files = Vec::new();
+    walk(dir, Path::new(""), 0, &mut files)?;
+    files.sort();
+    let mut h = Sha256::new();
+    for rel in files {
+        let full = dir.join(&rel);
+        let meta = fs::metadata(&full)?;
+        h.update(rel.to_string_lossy().as_bytes());
+        h.update([0]);
+        use std::os::unix::fs::PermissionsExt;
+        h.update(if meta.permissions().mode() & 0o111 != 0 {
+            b"x"
+        } else {
+            b"f"
+        });
+        h.update(meta.len().to_le_bytes());
+        h.update(fs::read(&full)?);
+        h.update([0]);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+fn walk(root: &Path, rel: &Path, depth: usize, out: &mut Vec<PathBuf>) -> io::Result<()> {
+    for entry in fs::read_dir(root.join(rel))? {
+        let entry = entry?;
+        let name = entry.file_name();
+        if name == ".git" {
+            continue;
+        }
+        let r = rel.join(&name);
+        // Follow links; a dangling one is an error the user should see.
+        let meta = fs::metadata(entry.path())?;
+        if meta.is_dir() {
+            if depth > 32 {
+                return Err(io::Error::other(format!(
+                    "{} nests too deep (a link loop?)",
+                    r.display()
+                )));
+            }
+            walk(root, &r, depth + 1, out)?;
+        } else if meta.is_file() {
+            out.push(r);
+        }
+    }
+    Ok(())
+}
