@@ -53,6 +53,8 @@ const HOST_PORTS: std::ops::Range<u16> = 20000..30000;
 #[derive(Debug, Serialize)]
 struct StartReport {
     stack: String,
+    /// The instructions applied (what `quarry plan` shows against the same state).
+    plan: Vec<build::Instruction>,
     changed: bool,
     router: RouterReport,
     urls: Vec<UrlReport>,
@@ -127,6 +129,7 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
         .listen
         .or_else(|| local::saved_listen(&name))
         .unwrap_or(local::DEFAULT_LISTEN);
+    nginx.check_installed()?;
     let running_listen = nginx.pid().and_then(|_| local::saved_listen(&name));
     if running_listen != Some(listen) {
         if let Err(e) = TcpListener::bind(listen) {
@@ -222,6 +225,7 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
         .collect();
     let report = StartReport {
         stack: name.clone(),
+        plan: plan.instructions.clone(),
         changed: !diff.is_noop() || applied != Applied::Unchanged,
         router: RouterReport {
             listen,

@@ -85,8 +85,29 @@ impl Stack {
     }
 
     fn start(&self) -> Output {
+        self.start_with_timeout(60)
+    }
+
+    fn start_with_timeout(&self, health_timeout_s: u32) -> Output {
         let dir = self.dir.to_str().expect("utf-8 path");
-        self.quarry(&["start", dir, "--json", "--health-timeout", "60"])
+        self.quarry(&[
+            "start",
+            dir,
+            "--json",
+            "--health-timeout",
+            &health_timeout_s.to_string(),
+        ])
+    }
+
+    fn container(&self, node: &str, replica: u64) -> Value {
+        let ps = self.ps();
+        ps["containers"]
+            .as_array()
+            .expect("containers")
+            .iter()
+            .find(|c| c["node"] == node && c["replica"] == replica)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {node} replica {replica} in {ps}"))
     }
 
     fn start_ok(&self) -> Value {
@@ -360,6 +381,26 @@ fn web_replica_killed_from_the_host_answers_again_through_nginx_within_5s() {
     assert_eq!(again["address"], web0["address"], "same address");
     assert_eq!(again["id"], web0["id"], "same container");
     assert_ne!(again["pid"], web0["pid"], "a new process");
+
+    // `docker kill` is a manual stop: Docker leaves it down, the next `quarry start` restarts it.
+    let web1 = s.container("web", 1);
+    docker(&["kill", web1["name"].as_str().expect("name")]);
+    poll(
+        "docker kill stopping replica 1",
+        Duration::from_secs(10),
+        || {
+            let c = s.container("web", 1);
+            (c["state"] == "stopped")
+                .then_some(())
+                .ok_or_else(|| c.to_string())
+        },
+    );
+    let report = s.start_ok();
+    assert_eq!(report["changed"], true, "{report}");
+    let back = s.container("web", 1);
+    assert_eq!(back["state"], "running", "{back}");
+    assert_eq!(back["id"], web1["id"], "the same container, started again");
+    assert_eq!(back["address"], web1["address"], "on the same address");
 }
 
 #[test]
@@ -447,6 +488,82 @@ fn broken_yml_or_failing_build_changes_nothing_of_the_running_stack() {
     let (status, body) = s.get().expect("still served");
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("web-r1-"), "{body}");
+
+    // A new revision that never gets healthy: removed again, the old one keeps serving.
+    std::fs::write(&dockerfile, &text).expect("restore");
+    std::fs::write(&yml, good.replace("http: /health", "http: /no-such-page")).expect("write");
+    let out = s.start_with_timeout(3);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "an unhealthy deploy fails");
+    assert!(err.contains("not healthy within 3 s"), "{err}");
+    assert_eq!(
+        s.ids(),
+        ids,
+        "the new replicas were removed, the old ones untouched"
+    );
+    let (status, body) = s.get().expect("still served");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("web-r1-"), "{body}");
+}
+
+#[test]
+fn start_after_an_edit_applies_exactly_what_plan_shows() {
+    let s = Stack::new("plan");
+    s.start_ok();
+    let state = s.ps()["state"].clone();
+    let state_file = s.home.path().join("state.json");
+    std::fs::write(&state_file, state.to_string()).expect("write state");
+    let yml = s.dir.join("quarry.yml");
+    let text = std::fs::read_to_string(&yml).expect("read");
+    let edited = text
+        .replace("scale: 2", "scale: 3")
+        .replace("TICK_EVERY: \"5\"", "TICK_EVERY: \"7\"");
+    assert_ne!(edited, text, "the example has scale: 2 and TICK_EVERY");
+    std::fs::write(&yml, edited).expect("write");
+    let dir = s.dir.to_str().expect("utf-8");
+    let out = s.quarry(&[
+        "plan",
+        dir,
+        "--json",
+        "--state",
+        state_file.to_str().expect("utf-8"),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let planned: Value = serde_json::from_slice(&out.stdout).expect("plan --json");
+    let report = s.start_ok();
+    assert_eq!(
+        report["plan"], planned["plan"]["instructions"],
+        "start applied the plan shown"
+    );
+    let ops: Vec<&str> = report["plan"]
+        .as_array()
+        .expect("plan")
+        .iter()
+        .map(|i| i["op"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(ops, ["SCALE", "DEPLOY"], "{report}");
+    let mut running: Vec<String> = report["containers"]
+        .as_array()
+        .expect("containers")
+        .iter()
+        .map(|c| {
+            format!(
+                "{}.r{}.{}",
+                c["node"].as_str().unwrap_or(""),
+                c["revision"],
+                c["replica"]
+            )
+        })
+        .collect();
+    running.sort();
+    assert_eq!(
+        running,
+        ["kv.r1.0", "ticker.r2.0", "web.r1.0", "web.r1.1", "web.r1.2"]
+    );
 }
 
 #[test]

@@ -82,6 +82,15 @@ impl Nginx {
         }
     }
 
+    /// Fails with [`RouterError::NotInstalled`] unless the nginx binary runs.
+    pub fn check_installed(&self) -> Result<(), RouterError> {
+        let mut c = Command::new(&self.binary);
+        c.arg("-v");
+        self.run(c)?.map_err(|_| RouterError::NotInstalled {
+            binary: self.binary.display().to_string(),
+        })
+    }
+
     /// The prefix directory.
     pub fn prefix(&self) -> &Path {
         &self.prefix
