@@ -137,9 +137,12 @@ impl Nginx {
         let text = fs::read_to_string(self.prefix.join("run/nginx.pid")).ok()?;
         let pid: u32 = text.trim().parse().ok()?;
         let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-        let cmdline = String::from_utf8_lossy(&cmdline);
-        (cmdline.starts_with("nginx: master process") && proc_state(pid) != Some('Z'))
-            .then_some(pid)
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        // The master's title keeps its arguments: it must be ours (this prefix), not a process
+        // that took over a stale pid.
+        let ours = cmdline.starts_with("nginx: master process")
+            && cmdline.contains(&format!("-p {} ", self.prefix.display()));
+        (ours && proc_state(pid) != Some('Z')).then_some(pid)
     }
 
     /// Makes nginx run with `config`: checks it with `nginx -t`, then replaces the live config
