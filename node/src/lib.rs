@@ -3,5 +3,6 @@
 //! Pure modules (no I/O crate imported; tested without Docker or a network): [`types`].
 
 pub mod build;
+pub mod pki;
 pub mod spec;
 pub mod types;
