@@ -3,6 +3,7 @@
 //! Pure modules (no I/O crate imported; tested without Docker or a network): [`types`].
 
 pub mod build;
+pub mod config;
 pub mod pki;
 pub mod spec;
 pub mod types;
