@@ -20,7 +20,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context};
 use quarry_node::build::{self, Inputs};
 use quarry_node::docker::{self, image, network, Engine};
-use quarry_node::reconcile::{self, Converger};
+use quarry_node::reconcile::{self, Converger, NodeMeta};
 use quarry_node::router::{render, Applied, RouterSpec, Site};
 use quarry_node::spec::LoadError;
 use quarry_node::types::{DesiredContainer, Placement, ServerId};
@@ -167,11 +167,22 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
                 .push(r.domain.clone());
             m
         });
+    let meta: BTreeMap<String, NodeMeta> = stack
+        .nodes
+        .iter()
+        .map(|n| {
+            let m = NodeMeta {
+                domains: domains.get(&n.name).cloned().unwrap_or_default(),
+                fields: build::definition_fields(&stack, n, &global_env),
+            };
+            (n.name.clone(), m)
+        })
+        .collect();
     let log = |line: &str| progress(line);
     let converger = Converger::new(
         &engine,
         net,
-        domains.clone(),
+        meta,
         Duration::from_secs(args.health_timeout),
         &log,
     );

@@ -7,8 +7,10 @@
 //! nginx process owner, [`health`] (probes from the host).
 
 pub mod build;
+pub mod config;
 pub mod docker;
 pub mod health;
+pub mod pki;
 pub mod reconcile;
 pub mod router;
 pub mod spec;

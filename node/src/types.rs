@@ -298,6 +298,11 @@ pub struct NodeState {
     pub revision: u64,
     /// The definition hash of the running revision.
     pub definition: String,
+    /// The definition field by field (`image`, `memory`, `env.KEY`, ...), values shown or, for
+    /// env, hashed, so a plan can say what changed without storing secrets twice. May be empty
+    /// (then a plan says only that the definition changed).
+    #[serde(default)]
+    pub fields: BTreeMap<String, String>,
     /// The domains routed to it (web only).
     pub domains: Vec<String>,
     /// Its replicas, by index.

@@ -255,6 +255,91 @@ pub fn definition_hash(
     hex::encode(Sha256::digest(json))
 }
 
+/// The definition of a node field by field, for explaining changes: `kind`, `image`,
+/// `command`, `ports`, `memory`, `health`, `tags`, and `env.KEY` for each env variable (its
+/// value hashed, as env values may be secrets).
+pub fn definition_fields(
+    stack: &StackFile,
+    node: &NodeSpec,
+    global_env: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    let env = if node.kind == Kind::Service {
+        node.env.clone()
+    } else {
+        node_env(stack, node, global_env)
+    };
+    let json = |v: &dyn erased::Json| v.json();
+    let mut out = BTreeMap::from([
+        ("kind".to_owned(), node.kind.as_str().to_owned()),
+        (
+            "image".to_owned(),
+            match &node.image {
+                ImageSource::Image(n) => n.clone(),
+                ImageSource::Build { dir, digest, .. } => {
+                    format!("{dir}/ at {}", &digest[..digest.len().min(12)])
+                }
+            },
+        ),
+        ("command".to_owned(), json(&node.command)),
+        ("ports".to_owned(), json(&node.ports)),
+        (
+            "memory".to_owned(),
+            crate::spec::units::format_size(node.memory),
+        ),
+        ("health".to_owned(), json(&node.health)),
+        ("tags".to_owned(), json(&node.tags)),
+    ]);
+    for (k, v) in env {
+        let h = hex::encode(Sha256::digest(v.as_bytes()));
+        out.insert(format!("env.{k}"), h[..12].to_owned());
+    }
+    out
+}
+
+mod erased {
+    /// A value shown as compact JSON.
+    pub trait Json {
+        fn json(&self) -> String;
+    }
+    impl<T: serde::Serialize> Json for T {
+        fn json(&self) -> String {
+            serde_json::to_string(self).unwrap_or_default()
+        }
+    }
+}
+
+/// What differs between two field maps, for a plan's reasons.
+fn changed_fields(old: &BTreeMap<String, String>, new: &BTreeMap<String, String>) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut env_changed = Vec::new();
+    let keys: BTreeSet<&String> = old.keys().chain(new.keys()).collect();
+    for k in keys {
+        let (a, b) = (old.get(k), new.get(k));
+        if a == b {
+            continue;
+        }
+        if let Some(e) = k.strip_prefix("env.") {
+            env_changed.push(match (a, b) {
+                (None, _) => format!("+{e}"),
+                (_, None) => format!("-{e}"),
+                _ => e.to_owned(),
+            });
+        } else if k == "image" || k == "memory" || k == "kind" {
+            out.push(format!(
+                "{k} {} -> {}",
+                a.map_or("none", String::as_str),
+                b.map_or("none", String::as_str)
+            ));
+        } else {
+            out.push(format!("{k} changed"));
+        }
+    }
+    if !env_changed.is_empty() {
+        out.push(format!("env {}", env_changed.join(", ")));
+    }
+    out
+}
+
 fn image_identity(img: &ImageSource) -> &str {
     match img {
         ImageSource::Image(n) => n,
@@ -353,7 +438,14 @@ pub fn plan(inputs: &Inputs<'_>) -> Plan {
             Some(c) if c.kind != node.kind => {
                 reasons.push(format!("kind {} -> {}", c.kind, node.kind))
             }
-            Some(c) if c.definition != *def => reasons.push("definition changed".to_owned()),
+            Some(c) if c.definition != *def => {
+                let why = changed_fields(&c.fields, &definition_fields(stack, node, global_env));
+                if c.fields.is_empty() || why.is_empty() {
+                    reasons.push("definition changed".to_owned());
+                } else {
+                    reasons.extend(why);
+                }
+            }
             Some(_) => {}
         }
         if reasons.is_empty() && node.kind != Kind::Service {
@@ -609,6 +701,7 @@ pub fn resolve_env(containers: &mut [DesiredContainer]) -> Result<(), ResolveErr
 pub fn state_after(
     plan: &Plan,
     stack: &StackFile,
+    global_env: &BTreeMap<String, String>,
     mut place: impl FnMut(&DesiredContainer) -> Placement,
 ) -> StackState {
     let mut nodes: BTreeMap<String, NodeState> = BTreeMap::new();
@@ -619,6 +712,9 @@ pub fn state_after(
             kind: c.kind,
             revision: c.revision,
             definition: c.definition.clone(),
+            fields: spec
+                .map(|n| definition_fields(stack, n, global_env))
+                .unwrap_or_default(),
             domains: spec
                 .filter(|n| n.kind == Kind::Web)
                 .map(|n| n.domains.clone())

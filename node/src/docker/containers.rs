@@ -12,7 +12,7 @@ use bollard::query_parameters::{
 };
 
 use super::{is_not_found, DockerError, Engine};
-pub use crate::reconcile::diff::{ObservedContainer, RunState};
+pub use crate::reconcile::diff::{NodeMeta, ObservedContainer, RunState};
 use crate::types::{labels, DesiredContainer, Kind, SliceId};
 
 /// Labels quarry adds beside the shared ones, so `quarry ps` and the read-back of the current
@@ -24,6 +24,8 @@ pub mod extra_labels {
     pub const HEALTH: &str = "quarry.health";
     /// The node's domains, comma separated (web only).
     pub const DOMAINS: &str = "quarry.domains";
+    /// The node's definition field by field, as JSON.
+    pub const FIELDS: &str = "quarry.fields";
     /// The container ports, main one first, comma separated.
     pub const PORTS: &str = "quarry.ports";
 }
@@ -140,6 +142,10 @@ fn from_labels(l: &HashMap<String, String>) -> Option<ObservedContainer> {
                     .collect()
             })
             .unwrap_or_default(),
+        fields: l
+            .get(extra_labels::FIELDS)
+            .and_then(|f| serde_json::from_str(f).ok())
+            .unwrap_or_default(),
         ports: l
             .get(extra_labels::PORTS)
             .map(|p| p.split(',').filter_map(|p| p.parse().ok()).collect())
@@ -170,12 +176,13 @@ fn parse_bindings(bindings: &HashMap<String, Option<Vec<PortBinding>>>) -> BTree
 }
 
 /// Creates (does not start) the container of a placed desired container on `network`.
-/// `domains` are recorded in a label so the current state can be read back.
+/// `meta` (domains, definition fields) is recorded in labels so the current state can be read
+/// back.
 pub async fn create(
     engine: &Engine,
     network: &str,
     desired: &DesiredContainer,
-    domains: &[String],
+    meta: &NodeMeta,
 ) -> Result<String, DockerError> {
     let name = desired.container_name();
     let placement = desired.placement.as_ref();
@@ -199,8 +206,14 @@ pub async fn create(
             .collect::<Vec<_>>()
             .join(","),
     );
-    if !domains.is_empty() {
-        labels.insert(extra_labels::DOMAINS.to_owned(), domains.join(","));
+    if !meta.fields.is_empty() {
+        labels.insert(
+            extra_labels::FIELDS.to_owned(),
+            serde_json::to_string(&meta.fields).unwrap_or_default(),
+        );
+    }
+    if !meta.domains.is_empty() {
+        labels.insert(extra_labels::DOMAINS.to_owned(), meta.domains.join(","));
     }
     let port_bindings: HashMap<String, Option<Vec<PortBinding>>> = placement
         .map(|p| {

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use super::diff::{Diff, ObservedContainer};
+use super::diff::{Diff, NodeMeta, ObservedContainer};
 use crate::docker::{self, containers, DockerError, Engine};
 use crate::health::{self, Target};
 use crate::types::{DesiredContainer, Kind, SliceId};
@@ -42,8 +42,8 @@ pub struct UpReport {
 pub struct Converger<'a> {
     engine: &'a Engine,
     network: String,
-    /// Node -> its domains, recorded on its containers.
-    domains: BTreeMap<String, Vec<String>>,
+    /// Node -> what is recorded on its containers beside the shared labels.
+    meta: BTreeMap<String, NodeMeta>,
     /// How long new replicas may take to get healthy.
     health_timeout: Duration,
     /// Where progress lines go.
@@ -93,14 +93,14 @@ impl<'a> Converger<'a> {
     pub fn new(
         engine: &'a Engine,
         network: String,
-        domains: BTreeMap<String, Vec<String>>,
+        meta: BTreeMap<String, NodeMeta>,
         health_timeout: Duration,
         log: &'a (dyn Fn(&str) + Sync),
     ) -> Self {
         Converger {
             engine,
             network,
-            domains,
+            meta,
             health_timeout,
             log,
         }
@@ -146,8 +146,8 @@ impl<'a> Converger<'a> {
             for d in create.iter().filter(|d| wanted(d.kind)) {
                 let name = d.container_name();
                 (self.log)(&format!("creating {name}"));
-                let domains = self.domains.get(&d.node).cloned().unwrap_or_default();
-                let id = containers::create(self.engine, &self.network, d, &domains).await?;
+                let meta = self.meta.get(&d.node).cloned().unwrap_or_default();
+                let id = containers::create(self.engine, &self.network, d, &meta).await?;
                 report.created.insert(d.slice.clone(), id.clone());
                 containers::start(self.engine, &id).await?;
                 targets.push(target_of_desired(d));

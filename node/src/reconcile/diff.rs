@@ -58,6 +58,8 @@ pub struct ObservedContainer {
     pub health: Option<Health>,
     /// The node's domains.
     pub domains: Vec<String>,
+    /// The node's definition field by field (see [`NodeState::fields`]).
+    pub fields: BTreeMap<String, String>,
     /// Its container ports, main one first.
     pub ports: Vec<u16>,
     /// Running or not.
@@ -70,6 +72,16 @@ pub struct ObservedContainer {
     pub started_at: Option<String>,
     /// The pid of its main process on the host, while running.
     pub pid: Option<i64>,
+}
+
+/// What quarry records on a node's containers beside the shared labels, so the current state
+/// can be read back whole.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeMeta {
+    /// The node's domains (web only).
+    pub domains: Vec<String>,
+    /// Its definition field by field.
+    pub fields: BTreeMap<String, String>,
 }
 
 /// What to do to make the observed containers the desired ones.
@@ -162,6 +174,7 @@ pub fn current_state(stack: &str, server: &ServerId, observed: &[ObservedContain
             revision: o.revision,
             definition: o.definition.clone(),
             domains: o.domains.clone(),
+            fields: o.fields.clone(),
             replicas: Vec::new(),
         });
         if o.revision > entry.revision {
@@ -170,6 +183,7 @@ pub fn current_state(stack: &str, server: &ServerId, observed: &[ObservedContain
                 revision: o.revision,
                 definition: o.definition.clone(),
                 domains: o.domains.clone(),
+                fields: o.fields.clone(),
                 replicas: Vec::new(),
             };
         }

@@ -39,6 +39,7 @@ fn observed_of(d: &DesiredContainer, state: RunState) -> ObservedContainer {
         host: p.host.clone(),
         health: None,
         domains: vec![],
+        fields: BTreeMap::new(),
         ports: d.ports.clone(),
         state,
         status: "running".into(),

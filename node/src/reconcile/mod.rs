@@ -17,4 +17,4 @@ pub mod converge;
 pub mod diff;
 
 pub use converge::{Converger, ReconcileError, UpReport};
-pub use diff::{current_state, diff, Diff, ObservedContainer, RunState};
+pub use diff::{current_state, diff, Diff, NodeMeta, ObservedContainer, RunState};

@@ -130,7 +130,19 @@ fn walk(root: &Path, rel: &Path, depth: usize, out: &mut Vec<PathBuf>) -> io::Re
         }
         let r = rel.join(&name);
         // Follow links; a dangling one is an error the user should see.
-        let meta = fs::metadata(entry.path())?;
+        let meta = match fs::metadata(entry.path()) {
+            Ok(m) => m,
+            Err(e) => {
+                let target = fs::read_link(entry.path()).ok();
+                return Err(match target {
+                    Some(t) => io::Error::new(
+                        e.kind(),
+                        format!("{} links to {}, which is missing", r.display(), t.display()),
+                    ),
+                    None => e,
+                });
+            }
+        };
         if meta.is_dir() {
             if depth > 32 {
                 return Err(io::Error::other(format!(

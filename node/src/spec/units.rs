@@ -37,6 +37,21 @@ pub fn format_size(bytes: u64) -> String {
     }
 }
 
+/// Bytes for people, rounded down to one decimal (`23.5G`), for sizes that are not round.
+pub fn human_size(bytes: u64) -> String {
+    let exact = format_size(bytes);
+    if !exact.ends_with('B') && exact.len() <= 6 {
+        return exact;
+    }
+    for (unit, div) in [("G", 1u64 << 30), ("M", 1 << 20), ("K", 1 << 10)] {
+        if bytes >= div {
+            let tenths = bytes * 10 / div;
+            return format!("{}.{}{unit}", tenths / 10, tenths % 10);
+        }
+    }
+    format!("{bytes}B")
+}
+
 /// Parse a duration: a whole number with `ms`, `s` or `m`. Returns milliseconds.
 pub fn parse_duration_ms(s: &str) -> Result<u64, String> {
     let s = s.trim();
@@ -71,6 +86,8 @@ mod tests {
         assert!(parse_size("99999999999999999999G").is_err());
         assert_eq!(format_size(64 << 20), "64M");
         assert_eq!(format_size(1536 << 20), "1536M");
+        assert_eq!(human_size(24684096 * 1024), "23.5G");
+        assert_eq!(human_size(64 << 20), "64M");
     }
 
     #[test]

@@ -6,23 +6,23 @@
 //! reports all the faults of a file. Checks that span nodes (references, memory against the
 //! largest server) run after every node has been read.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use serde_yaml::{Mapping, Value};
 
+mod cross;
+mod fields;
+
 use super::positions::{Pos, Positions, Seg};
-use super::units::{format_size, parse_duration_ms, parse_size};
-use super::{
-    references, Attr, Diagnostic, Diagnostics, Facts, NodeSpec, Severity, StackFile, DEFAULT_MEMORY,
-};
-use crate::types::{Command, Health, ImageSource, Kind, Probe};
+use super::{Diagnostic, Diagnostics, Facts, NodeSpec, Severity, StackFile, DEFAULT_MEMORY};
+use crate::types::{Health, ImageSource, Kind, Probe};
 
 const TOP_KEYS: &[&str] = &["name", "env", "nodes"];
 const NODE_KEYS: &[&str] = &[
     "kind", "image", "build", "command", "env", "ports", "memory", "scale", "domains", "health",
     "tags",
 ];
-const HEALTH_KEYS: &[&str] = &["http", "tcp", "interval", "timeout", "retries"];
+pub(super) const HEALTH_KEYS: &[&str] = &["http", "tcp", "interval", "timeout", "retries"];
 
 /// Read `text` (the contents of `file`) into a stack. `default_name` names the stack when the
 /// file does not (the push target or the directory). On success, the warnings come along.
@@ -64,9 +64,17 @@ pub fn parse(
                         col: l.column(),
                     })
                     .unwrap_or(Pos { line: 1, col: 1 });
+                // serde_yaml writes "MSG at line L column C[, while parsing X at line ...]";
+                // the position is printed in front, so drop its first copy.
                 let msg = e.to_string();
-                // serde_yaml appends " at line L column C"; the position is printed in front.
-                let msg = msg.split(" at line ").next().unwrap_or(&msg).to_owned();
+                let msg = match (msg.find(" at line "), at) {
+                    (Some(i), _) => {
+                        let rest = &msg[i + " at line ".len()..];
+                        let after = rest.find(", ").map(|j| &rest[j..]).unwrap_or("");
+                        format!("{}{after}", &msg[..i])
+                    }
+                    (None, _) => msg,
+                };
                 w.error(
                     at,
                     format!("invalid YAML: {msg}"),
@@ -80,6 +88,7 @@ pub fn parse(
         }
     };
     let stack = w.stack(&root, default_name, facts);
+    w.diags.sort_by_key(|d| (d.line, d.col));
     if w.diags.iter().any(|d| d.severity == Severity::Error) {
         return Err(Diagnostics(w.diags));
     }
@@ -97,24 +106,24 @@ pub fn parse(
     }
 }
 
-struct Walker<'a> {
+pub(super) struct Walker<'a> {
     file: &'a str,
     lines: Vec<&'a str>,
     pos: &'a Positions,
     diags: Vec<Diagnostic>,
 }
 
-fn key(s: &str) -> Seg {
+pub(super) fn key(s: &str) -> Seg {
     Seg::Key(s.to_owned())
 }
 
-fn with(path: &[Seg], seg: Seg) -> Vec<Seg> {
+pub(super) fn with(path: &[Seg], seg: Seg) -> Vec<Seg> {
     let mut p = path.to_vec();
     p.push(seg);
     p
 }
 
-fn type_name(v: &Value) -> &'static str {
+pub(super) fn type_name(v: &Value) -> &'static str {
     match v {
         Value::Null => "nothing",
         Value::Bool(_) => "a boolean",
@@ -127,7 +136,7 @@ fn type_name(v: &Value) -> &'static str {
 }
 
 /// The closest of `known` to `word`, if close enough to be a likely typo.
-fn did_you_mean<'k>(word: &str, known: &[&'k str]) -> Option<&'k str> {
+pub(super) fn did_you_mean<'k>(word: &str, known: &[&'k str]) -> Option<&'k str> {
     known
         .iter()
         .map(|k| (levenshtein(word, k), *k))
@@ -161,7 +170,7 @@ fn valid_name(s: &str) -> bool {
         && !s.ends_with('-')
 }
 
-fn valid_env_key(s: &str) -> bool {
+pub(super) fn valid_env_key(s: &str) -> bool {
     let mut chars = s.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
@@ -180,17 +189,17 @@ fn valid_domain(s: &str) -> bool {
 }
 
 /// A node as read, before the checks that span nodes.
-struct Draft {
-    spec: NodeSpec,
-    path: Vec<Seg>,
+pub(super) struct Draft {
+    pub(super) spec: NodeSpec,
+    pub(super) path: Vec<Seg>,
 }
 
 impl Walker<'_> {
-    fn error(&mut self, at: Pos, message: String, hint: Option<String>) {
+    pub(super) fn error(&mut self, at: Pos, message: String, hint: Option<String>) {
         self.push(Severity::Error, at, message, hint);
     }
 
-    fn warn(&mut self, at: Pos, message: String, hint: Option<String>) {
+    pub(super) fn warn(&mut self, at: Pos, message: String, hint: Option<String>) {
         self.push(Severity::Warning, at, message, hint);
     }
 
@@ -205,7 +214,14 @@ impl Walker<'_> {
         });
     }
 
-    fn wrong_type(&mut self, path: &[Seg], what: &str, expected: &str, found: &Value, hint: &str) {
+    pub(super) fn wrong_type(
+        &mut self,
+        path: &[Seg],
+        what: &str,
+        expected: &str,
+        found: &Value,
+        hint: &str,
+    ) {
         self.error(
             self.pos.value(path),
             format!("{what} must be {expected}, not {}", type_name(found)),
@@ -214,7 +230,7 @@ impl Walker<'_> {
     }
 
     /// The keys of a mapping as strings, each checked against `known`.
-    fn keys<'v>(
+    pub(super) fn keys<'v>(
         &mut self,
         map: &'v Mapping,
         path: &[Seg],
@@ -341,51 +357,6 @@ impl Walker<'_> {
                 None
             }
         }
-    }
-
-    fn env(&mut self, v: &Value, path: &[Seg], what: &str) -> BTreeMap<String, String> {
-        let mut out = BTreeMap::new();
-        let Value::Mapping(m) = v else {
-            if !v.is_null() {
-                self.wrong_type(
-                    path,
-                    what,
-                    "a mapping of NAME: value",
-                    v,
-                    "for example `env: { GREETING: hello }`",
-                );
-            }
-            return out;
-        };
-        for (k, val) in self.keys(m, path, &[], what) {
-            let p = with(path, key(k));
-            if !valid_env_key(k) {
-                self.error(
-                    self.pos.key(&p),
-                    format!("{k:?} is not a valid env variable name"),
-                    Some("use letters, digits and _, not starting with a digit".to_owned()),
-                );
-                continue;
-            }
-            let s = match val {
-                Value::String(s) => s.clone(),
-                Value::Number(n) => n.to_string(),
-                Value::Bool(b) => b.to_string(),
-                Value::Null => String::new(),
-                other => {
-                    self.wrong_type(
-                        &p,
-                        &format!("env {k}"),
-                        "a string, number or boolean",
-                        other,
-                        "quote the value",
-                    );
-                    continue;
-                }
-            };
-            out.insert(k.to_owned(), s);
-        }
-        out
     }
 
     fn nodes(&mut self, v: &Value, path: &[Seg], facts: &dyn Facts) -> Vec<Draft> {
@@ -658,401 +629,6 @@ impl Walker<'_> {
             tags,
         })
     }
-
-    fn build_dir(&mut self, dir: &str, path: &[Seg], facts: &dyn Facts) -> Option<ImageSource> {
-        let clean = dir.trim_end_matches('/');
-        let clean = if clean.is_empty() { "." } else { clean };
-        if clean.starts_with('/') || clean.split('/').any(|c| c == "..") {
-            self.error(
-                self.pos.value(path),
-                format!("build directory {dir:?} is outside the stack"),
-                Some("give a directory inside the stack, relative to quarry.yml".to_owned()),
-            );
-            return None;
-        }
-        match facts.build_digest(clean) {
-            Ok(digest) => Some(ImageSource::Build {
-                dir: clean.to_owned(),
-                digest,
-                tag: String::new(),
-            }),
-            Err(why) => {
-                self.error(
-                    self.pos.value(path),
-                    format!("build directory {dir:?} {why}"),
-                    Some(
-                        "`build:` names a directory with a Dockerfile, relative to quarry.yml"
-                            .to_owned(),
-                    ),
-                );
-                None
-            }
-        }
-    }
-
-    fn command(&mut self, v: &Value, path: &[Seg]) -> Option<Command> {
-        match v {
-            Value::String(s) if !s.trim().is_empty() => Some(Command::Shell(s.clone())),
-            Value::Sequence(items) if !items.is_empty() => {
-                let mut out = Vec::new();
-                for (i, it) in items.iter().enumerate() {
-                    match it {
-                        Value::String(s) => out.push(s.clone()),
-                        Value::Number(n) => out.push(n.to_string()),
-                        other => self.wrong_type(
-                            &with(path, Seg::Index(i)),
-                            "each word of command",
-                            "a string",
-                            other,
-                            "quote it",
-                        ),
-                    }
-                }
-                Some(Command::Exec(out))
-            }
-            _ => {
-                self.wrong_type(
-                    path,
-                    "command",
-                    "a non-empty list or string",
-                    v,
-                    "for example `command: [\"httpd\", \"-f\"]` or `command: httpd -f`",
-                );
-                None
-            }
-        }
-    }
-
-    fn ports(&mut self, v: &Value, path: &[Seg]) -> Vec<u16> {
-        let Value::Sequence(items) = v else {
-            self.wrong_type(
-                path,
-                "ports",
-                "a list of port numbers",
-                v,
-                "for example `ports: [8080]`",
-            );
-            return Vec::new();
-        };
-        let mut out: Vec<u16> = Vec::new();
-        for (i, it) in items.iter().enumerate() {
-            let p = with(path, Seg::Index(i));
-            match it.as_u64() {
-                Some(n @ 1..=65535) => {
-                    if out.contains(&(n as u16)) {
-                        self.error(
-                            self.pos.value(&p),
-                            format!("port {n} is listed twice"),
-                            None,
-                        );
-                    } else {
-                        out.push(n as u16);
-                    }
-                }
-                Some(n) => self.error(
-                    self.pos.value(&p),
-                    format!("port {n} is out of range"),
-                    Some("ports are 1 to 65535".to_owned()),
-                ),
-                None => {
-                    self.wrong_type(&p, "a port", "a number", it, "for example `ports: [8080]`")
-                }
-            }
-        }
-        if items.is_empty() {
-            self.error(
-                self.pos.value(path),
-                "ports is empty".to_owned(),
-                Some("list the container ports, main one first, or remove `ports`".to_owned()),
-            );
-        }
-        out
-    }
-
-    fn size(&mut self, v: &Value, path: &[Seg]) -> Option<u64> {
-        let text = match v {
-            Value::String(s) => s.clone(),
-            Value::Number(n) => n.to_string(),
-            other => {
-                self.wrong_type(
-                    path,
-                    "memory",
-                    "a size",
-                    other,
-                    "for example `memory: 128M`",
-                );
-                return None;
-            }
-        };
-        match parse_size(&text) {
-            Ok(0) => {
-                self.error(
-                    self.pos.value(path),
-                    "memory must be more than 0".to_owned(),
-                    Some("for example `memory: 128M`".to_owned()),
-                );
-                None
-            }
-            Ok(b) if b < (4 << 20) => {
-                self.error(
-                    self.pos.value(path),
-                    format!("memory {text} is below Docker's minimum of 4M"),
-                    Some("for example `memory: 128M`".to_owned()),
-                );
-                None
-            }
-            Ok(b) => Some(b),
-            Err(why) => {
-                self.error(
-                    self.pos.value(path),
-                    format!("memory {text:?}: {why}"),
-                    Some("a whole number with K, M or G, for example `memory: 128M`".to_owned()),
-                );
-                None
-            }
-        }
-    }
-
-    fn string_list(&mut self, v: &Value, path: &[Seg], what: &str, hint: &str) -> Vec<String> {
-        let items = match v {
-            Value::Sequence(items) => items,
-            Value::String(s) => return vec![s.clone()],
-            other => {
-                self.wrong_type(path, what, "a list of strings", other, hint);
-                return Vec::new();
-            }
-        };
-        let mut out = Vec::new();
-        for (i, it) in items.iter().enumerate() {
-            match it.as_str() {
-                Some(s) => out.push(s.to_owned()),
-                None => self.wrong_type(
-                    &with(path, Seg::Index(i)),
-                    &format!("each of {what}"),
-                    "a string",
-                    it,
-                    hint,
-                ),
-            }
-        }
-        out
-    }
-
-    fn health(&mut self, v: &Value, path: &[Seg]) -> Option<Health> {
-        let Value::Mapping(m) = v else {
-            self.wrong_type(
-                path,
-                "health",
-                "a mapping",
-                v,
-                "for example `health: { http: /, interval: 1s }` or `health: { tcp: true }`",
-            );
-            return None;
-        };
-        let mut probe = None;
-        let mut h = Health {
-            probe: Probe::Tcp,
-            interval_ms: 1000,
-            timeout_ms: 1000,
-            retries: 3,
-        };
-        for (k, val) in self.keys(m, path, HEALTH_KEYS, "health") {
-            let p = with(path, key(k));
-            match k {
-                "http" => match val.as_str() {
-                    Some(s) if s.starts_with('/') => probe = Some(Probe::Http(s.to_owned())),
-                    _ => self.error(
-                        self.pos.value(&p),
-                        "health.http must be a path starting with /".to_owned(),
-                        Some("for example `http: /healthz`".to_owned()),
-                    ),
-                },
-                "tcp" => match val.as_bool() {
-                    Some(true) => probe = probe.or(Some(Probe::Tcp)),
-                    Some(false) => {}
-                    None => self.wrong_type(
-                        &p,
-                        "health.tcp",
-                        "true or false",
-                        val,
-                        "`tcp: true` connects to the main port",
-                    ),
-                },
-                "interval" | "timeout" => {
-                    let text = match val {
-                        Value::String(s) => Some(s.clone()),
-                        _ => None,
-                    };
-                    match text.as_deref().map(parse_duration_ms) {
-                        Some(Ok(ms)) if ms > 0 => {
-                            if k == "interval" {
-                                h.interval_ms = ms
-                            } else {
-                                h.timeout_ms = ms
-                            }
-                        }
-                        Some(Ok(_)) => self.error(
-                            self.pos.value(&p),
-                            format!("health.{k} must be more than 0"),
-                            None,
-                        ),
-                        Some(Err(why)) => self.error(
-                            self.pos.value(&p),
-                            format!("health.{k}: {why}"),
-                            Some("a whole number with ms, s or m, for example `1s`".to_owned()),
-                        ),
-                        None => self.wrong_type(
-                            &p,
-                            &format!("health.{k}"),
-                            "a duration",
-                            val,
-                            "for example `1s` or `500ms`",
-                        ),
-                    }
-                }
-                "retries" => match val.as_u64() {
-                    Some(n @ 1..=100) => h.retries = n as u32,
-                    _ => self.error(
-                        self.pos.value(&p),
-                        "health.retries must be a whole number from 1 to 100".to_owned(),
-                        None,
-                    ),
-                },
-                _ => {}
-            }
-        }
-        if m.contains_key("http") && matches!(m.get("tcp"), Some(Value::Bool(true))) {
-            self.error(
-                self.pos.value(path),
-                "health has both http and tcp".to_owned(),
-                Some("keep one".to_owned()),
-            );
-        }
-        match probe {
-            Some(p) => {
-                h.probe = p;
-                Some(h)
-            }
-            None => {
-                if !m.contains_key("http") {
-                    self.error(
-                        self.pos.value(path),
-                        "health says neither `http: PATH` nor `tcp: true`".to_owned(),
-                        Some("for example `health: { http: / }`".to_owned()),
-                    );
-                }
-                None
-            }
-        }
-    }
-
-    /// Checks that look across nodes: references to services, env overriding injected
-    /// addresses, memory against the largest server.
-    fn cross_checks(&mut self, drafts: &[Draft], facts: &dyn Facts) {
-        let services: BTreeMap<&str, &NodeSpec> = drafts
-            .iter()
-            .filter(|d| d.spec.kind == Kind::Service)
-            .map(|d| (d.spec.name.as_str(), &d.spec))
-            .collect();
-        let all: BTreeSet<&str> = drafts.iter().map(|d| d.spec.name.as_str()).collect();
-        for d in drafts {
-            let env_path = with(&d.path, key("env"));
-            for (k, val) in &d.spec.env {
-                let p = with(&env_path, key(k));
-                let at = self.pos.value(&p);
-                let refs = match references(val) {
-                    Ok(r) => r,
-                    Err((off, why)) => {
-                        self.error(self.col_of(at, val, off), why, None);
-                        continue;
-                    }
-                };
-                for r in refs {
-                    let rat = self.col_of(at, val, r.offset);
-                    match services.get(r.service.as_str()) {
-                        None if all.contains(r.service.as_str()) => self.error(
-                            rat,
-                            format!("{:?} is not a service, so it has no address to inject", r.service),
-                            Some("only `kind: service` nodes can be referenced; web nodes are reached through their domains".to_owned()),
-                        ),
-                        None => {
-                            let names: Vec<&str> = services.keys().copied().collect();
-                            let hint = match did_you_mean(&r.service, &names) {
-                                Some(m) => format!("did you mean {m:?}?"),
-                                None if names.is_empty() => "this stack has no services".to_owned(),
-                                None => format!("the services are: {}", names.join(", ")),
-                            };
-                            self.error(rat, format!("unknown service {:?} in env {k}", r.service), Some(hint));
-                        }
-                        Some(svc) => match r.attr {
-                            Attr::Port | Attr::PortOf(_) if svc.ports.is_empty() => self.error(rat, format!("service {:?} has no ports", r.service), Some("add `ports:` to the service".to_owned())),
-                            Attr::PortOf(p) if !svc.ports.contains(&p) => self.error(rat, format!("service {:?} has no port {p}", r.service), Some(format!("its ports are {:?}", svc.ports))),
-                            _ => {}
-                        },
-                    }
-                }
-                if d.spec.kind != Kind::Service {
-                    if let Some(svc) = services
-                        .keys()
-                        .find(|s| injected_keys(s, &services[*s].ports).contains(k))
-                    {
-                        self.warn(
-                            self.pos.key(&p),
-                            format!("env {k} of node {:?} overrides the address quarry injects for service {svc:?}", d.spec.name),
-                            Some("the explicit value wins; remove it to use the injected address".to_owned()),
-                        );
-                    }
-                }
-            }
-            if let Some(max) = facts.max_server_memory() {
-                if d.spec.memory > max {
-                    let p = with(&d.path, key("memory"));
-                    self.error(
-                        self.pos.value(&p),
-                        format!(
-                            "memory {} is more than any server has ({})",
-                            format_size(d.spec.memory),
-                            format_size(max)
-                        ),
-                        Some(format!(
-                            "ask for at most {} or add a larger server",
-                            format_size(max)
-                        )),
-                    );
-                }
-            }
-        }
-    }
-
-    /// The position of byte `offset` of a scalar that starts at `at`: past its opening quote
-    /// if it has one. (Escapes inside a double-quoted scalar are not counted.)
-    fn col_of(&self, at: Pos, value: &str, offset: usize) -> Pos {
-        let line = self
-            .lines
-            .get(at.line.saturating_sub(1))
-            .copied()
-            .unwrap_or("");
-        let quoted = matches!(line.chars().nth(at.col.saturating_sub(1)), Some('"' | '\''));
-        let prefix_chars = value
-            .get(..offset)
-            .map(|p| p.chars().count())
-            .unwrap_or(offset);
-        Pos {
-            line: at.line,
-            col: at.col + prefix_chars + usize::from(quoted),
-        }
-    }
-}
-
-/// The env keys quarry injects for a service with these ports.
-pub(crate) fn injected_keys(service: &str, ports: &[u16]) -> Vec<String> {
-    let p = super::env_prefix(service);
-    let mut out = vec![format!("{p}_HOST"), format!("{p}_PORT")];
-    for port in ports {
-        out.push(format!("{p}_PORT_{port}_TCP_ADDR"));
-        out.push(format!("{p}_PORT_{port}_TCP_PORT"));
-    }
-    out
 }
 
 /// The tag quarry gives the image built from `dir` of stack `stack`:
