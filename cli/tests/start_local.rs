@@ -504,6 +504,23 @@ fn broken_yml_or_failing_build_changes_nothing_of_the_running_stack() {
     let (status, body) = s.get().expect("still served");
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("web-r1-"), "{body}");
+
+    // A new revision that crashes at once: reported with its output long before the timeout.
+    let crashing = good.replace(
+        r#"command: ["/bin/httpd", "-f", "-p", "8080", "-h", "/www"]"#,
+        r#"command: ["/bin/sh", "-c", "echo boom-from-web >&2; exit 3"]"#,
+    );
+    assert_ne!(crashing, good, "the example runs httpd on 8080");
+    std::fs::write(&yml, crashing).expect("write");
+    let t = Instant::now();
+    let out = s.start_with_timeout(60);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a crashing deploy fails");
+    assert!(t.elapsed() < Duration::from_secs(30), "failed fast: {:?}", t.elapsed());
+    assert!(err.contains("boom-from-web"), "the crash's output is shown: {err}");
+    assert_eq!(s.ids(), ids, "the crashing replicas were removed");
+    let (status, body) = s.get().expect("still served");
+    assert_eq!(status, 200, "{body}");
 }
 
 #[test]

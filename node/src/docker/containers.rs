@@ -8,8 +8,10 @@ use bollard::models::{
     RestartPolicy, RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
-    CreateContainerOptions, ListContainersOptions, RemoveContainerOptions, StopContainerOptions,
+    CreateContainerOptions, ListContainersOptions, LogsOptions, RemoveContainerOptions,
+    StopContainerOptions,
 };
+use futures_util::StreamExt;
 
 use super::{is_not_found, DockerError, Engine};
 pub use crate::reconcile::diff::{NodeMeta, ObservedContainer, RunState};
@@ -350,4 +352,53 @@ pub async fn published_host_ports(engine: &Engine) -> Result<Vec<u16>, DockerErr
     ports.sort_unstable();
     ports.dedup();
     Ok(ports)
+}
+
+/// How many restarts by the restart policy make a new container count as crash-looping.
+const CRASH_RESTARTS: i64 = 2;
+
+/// Why a container is failing (it exited, or its restart policy keeps restarting it), with the
+/// last lines of its output; `None` while it runs normally.
+pub async fn crash_report(engine: &Engine, id: &str) -> Result<Option<String>, DockerError> {
+    let inspect = engine
+        .client()
+        .inspect_container(id, None)
+        .await
+        .map_err(|e| DockerError::api(format!("inspecting container {id}"), e))?;
+    let restarts = inspect.restart_count.unwrap_or(0);
+    let state = inspect.state.unwrap_or_default();
+    let running = state.running.unwrap_or(false);
+    let restarting = state.restarting.unwrap_or(false);
+    let why = if !running && !restarting {
+        format!("exited with code {}", state.exit_code.unwrap_or(-1))
+    } else if restarts >= CRASH_RESTARTS {
+        format!(
+            "keeps crashing (restarted {restarts} times, last exit code {})",
+            state.exit_code.unwrap_or(-1)
+        )
+    } else {
+        return Ok(None);
+    };
+    let options = LogsOptions {
+        stdout: true,
+        stderr: true,
+        tail: "5".to_owned(),
+        ..Default::default()
+    };
+    let mut lines = Vec::new();
+    let mut logs = engine.client().logs(id, Some(options));
+    while let Some(Ok(chunk)) = logs.next().await {
+        lines.extend(
+            chunk
+                .to_string()
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(str::to_owned),
+        );
+    }
+    if lines.is_empty() {
+        Ok(Some(why))
+    } else {
+        Ok(Some(format!("{why}; last output: {}", lines.join(" | "))))
+    }
 }

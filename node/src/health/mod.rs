@@ -65,7 +65,7 @@ async fn probe_inner(addr: SocketAddr, probe: &Probe) -> Result<(), ProbeError> 
             reason: e.to_string(),
         })?;
     let path = match probe {
-        Probe::Tcp => return Ok(()),
+        Probe::Tcp => return tcp_holds(addr, &mut stream).await,
         Probe::Http(path) => path,
     };
     let request =
@@ -90,6 +90,27 @@ async fn probe_inner(addr: SocketAddr, probe: &Probe) -> Result<(), ProbeError> 
     match status_code(&line) {
         Some(code) if (200..400).contains(&code) => Ok(()),
         _ => Err(ProbeError::Status { addr, status: line }),
+    }
+}
+
+/// How long a TCP probe watches a fresh connection for an immediate close.
+const TCP_SETTLE: Duration = Duration::from_millis(100);
+
+/// A published port answers a connect even while nothing listens in the container (Docker's
+/// userland proxy accepts, fails to reach the container, and closes). So a TCP probe counts
+/// as healthy only if the connection is not closed at once: data arrives, or it stays open.
+async fn tcp_holds(addr: SocketAddr, stream: &mut TcpStream) -> Result<(), ProbeError> {
+    let mut byte = [0u8; 1];
+    match tokio::time::timeout(TCP_SETTLE, stream.read(&mut byte)).await {
+        Err(_) | Ok(Ok(1..)) => Ok(()),
+        Ok(Ok(0)) => Err(ProbeError::Connect {
+            addr,
+            reason: "closed at once (nothing listening behind the published port)".to_owned(),
+        }),
+        Ok(Err(e)) => Err(ProbeError::Connect {
+            addr,
+            reason: e.to_string(),
+        }),
     }
 }
 
@@ -219,6 +240,25 @@ mod tests {
         drop(listener);
         let r = probe(addr, &Probe::Tcp, Duration::from_secs(1)).await;
         assert!(matches!(r, Err(ProbeError::Connect { .. })), "{r:?}");
+    }
+
+    #[tokio::test]
+    async fn tcp_probe_fails_when_the_connection_is_closed_at_once() {
+        // What Docker's proxy does on a published port with nothing listening behind it.
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((s, _)) = listener.accept().await {
+                drop(s);
+            }
+        });
+        let r = probe(addr, &Probe::Tcp, Duration::from_secs(1)).await;
+        assert!(matches!(r, Err(ProbeError::Connect { .. })), "{r:?}");
+        let open = serve_once("").await;
+        assert_eq!(
+            probe(open, &Probe::Tcp, Duration::from_secs(1)).await,
+            Ok(())
+        );
     }
 
     #[tokio::test]

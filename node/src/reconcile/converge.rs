@@ -15,6 +15,16 @@ pub enum ReconcileError {
     /// Docker refused something.
     #[error(transparent)]
     Docker(#[from] DockerError),
+    /// A new container exited or crash-loops; the new containers were removed.
+    #[error(
+        "{slice} {why}; the new containers were removed and the running ones left as they were"
+    )]
+    Crashed {
+        /// The replica.
+        slice: SliceId,
+        /// What happened, with its last output.
+        why: String,
+    },
     /// New replicas did not get healthy in time; they were removed again.
     #[error("not healthy within {waited_s} s, so the new containers were removed and the running ones left as they were: {}", .failures.join("; "))]
     Unhealthy {
@@ -24,6 +34,9 @@ pub enum ReconcileError {
         failures: Vec<String>,
     },
 }
+
+/// How often new containers are checked for a crash while they are waited on.
+const CRASH_POLL: Duration = Duration::from_millis(300);
 
 /// What [`Converger::bring_up`] did.
 #[derive(Debug, Clone, Default)]
@@ -162,7 +175,33 @@ impl<'a> Converger<'a> {
                     None => target_of_observed(o),
                 });
             }
-            let outcomes = health::wait_healthy(&targets, deadline).await;
+            // Wait for health, but stop at once if a new container exits or crash-loops.
+            // (Only containers created now: a restarted old one carries its past restarts.)
+            let watched: Vec<(SliceId, String)> = report
+                .created
+                .iter()
+                .map(|(s, id)| (s.clone(), id.clone()))
+                .collect();
+            let watch = async {
+                loop {
+                    tokio::time::sleep(CRASH_POLL).await;
+                    for (slice, id) in &watched {
+                        if let Some(why) = containers::crash_report(self.engine, id).await? {
+                            return Err::<(), ReconcileError>(ReconcileError::Crashed {
+                                slice: slice.clone(),
+                                why,
+                            });
+                        }
+                    }
+                }
+            };
+            let outcomes = tokio::select! {
+                outcomes = health::wait_healthy(&targets, deadline) => outcomes,
+                crashed = watch => {
+                    crashed?;
+                    Vec::new()
+                }
+            };
             let failures: Vec<String> = outcomes
                 .iter()
                 .filter_map(|o| o.result.as_ref().err().map(|e| format!("{}: {e}", o.slice)))
