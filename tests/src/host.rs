@@ -377,6 +377,11 @@ impl Host {
         )
     }
 
+    /// The names of every process started in this host.
+    pub fn processes(&self) -> Vec<String> {
+        self.procs().keys().cloned().collect()
+    }
+
     fn proc_mut<'a>(
         &self,
         procs: &'a mut BTreeMap<String, Proc>,
@@ -453,7 +458,13 @@ impl Host {
         };
         let mut load = Command::new("docker");
         load.args(["-H", &to, "load", "-q"]).stdin(stream);
-        let loaded = sys::checked(&mut load, EXEC_LIMIT);
+        let loaded = sys::output_from(&mut load, EXEC_LIMIT).and_then(|out| {
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(sys::failure(&load, &out))
+            }
+        });
         let status = saver.wait().map_err(|source| LabError::Spawn {
             cmd: save_line.clone(),
             source,
@@ -465,7 +476,7 @@ impl Host {
                 stderr: format!("(image {image} could not be saved)"),
             });
         }
-        loaded.map(|_| ())
+        loaded
     }
 
     /// Starts the host's engine (not waiting for it).

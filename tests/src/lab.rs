@@ -373,6 +373,21 @@ impl Lab {
         s
     }
 
+    /// The last `lines` lines of every process log of every host, for a failure message.
+    pub fn logs_tail(&self, lines: usize) -> String {
+        let mut s = String::new();
+        for h in &self.hosts {
+            for name in h.processes() {
+                s.push_str(&format!(
+                    "--- {} {name} ---\n{}\n",
+                    h.name(),
+                    h.log_tail(&name, lines)
+                ));
+            }
+        }
+        s
+    }
+
     /// Cuts host `i` off: its link to the bridge goes down.
     pub fn cut(&self, i: usize) -> Result<()> {
         let h = self.try_host(i)?;

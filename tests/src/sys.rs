@@ -53,9 +53,13 @@ pub(crate) fn describe(cmd: &Command) -> String {
 /// Runs `cmd` to completion (killing it after `limit`), returning its output whatever the
 /// exit status.
 pub(crate) fn output(cmd: &mut Command, limit: Duration) -> Result<Output> {
+    output_from(cmd.stdin(Stdio::null()), limit)
+}
+
+/// Like [`output`], with whatever stdin the caller set up (a pipe from another process).
+pub(crate) fn output_from(cmd: &mut Command, limit: Duration) -> Result<Output> {
     let line = describe(cmd);
     let mut child = cmd
-        .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -168,14 +172,6 @@ pub(crate) fn all_pids() -> Vec<u32> {
     };
     dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
         .collect()
-}
-
-/// Whether the environment of `pid` holds exactly `KEY=VALUE`.
-#[allow(dead_code)]
-pub(crate) fn environ_has(pid: u32, entry: &str) -> bool {
-    std::fs::read(format!("/proc/{pid}/environ"))
-        .map(|env| env.split(|b| *b == 0).any(|e| e == entry.as_bytes()))
-        .unwrap_or(false)
 }
 
 /// Whether the command line of `pid` mentions `needle`.

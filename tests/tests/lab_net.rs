@@ -195,6 +195,11 @@ fn a_killed_process_restarts_with_its_spec_and_its_log_keeps_every_start() {
         reaches(h1, h2, "tcp", 7171, OK_MS),
         "restarted server answers"
     );
+    let tails = lab.logs_tail(3);
+    assert!(
+        tails.contains("--- h2 svc ---") && tails.contains("listening on tcp 7171"),
+        "{tails}"
+    );
     assert!(
         matches!(h2.kill("nope"), Err(LabError::NoProcess { .. })),
         "unknown process names are an error"

@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use quarry_tests::registry::{self, RunState};
+use quarry_tests::registry;
 use quarry_tests::{Host, Lab, ProcessSpec};
 
 /// The `lab` binary, which carries the TCP/UDP echo probes.
@@ -90,38 +90,20 @@ pub fn lab_state() -> BTreeSet<String> {
     s
 }
 
-/// The run an item of [`lab_state`] belongs to, if any.
-fn item_run(item: &str) -> Option<String> {
-    let known = registry::known_runs();
-    known.into_iter().find(|r| item.contains(r.as_str()))
-}
-
-/// Asserts the machine is as in `before`, except for items of other runs that are alive
-/// (other tests and other people may be running labs at the same time).
+/// Asserts the lab's part of the machine is as in `before` as far as runs `ours` go: none of
+/// their namespaces, links, rules, mounts or directories exist, and
+/// [`registry::leftovers`] (which also looks at processes, cgroups, `/etc/netns` and subnet
+/// claims) finds nothing of them. Items of other runs are ignored: other tests and other
+/// people may be running labs on this machine at the same time.
 pub fn assert_as_before(before: &BTreeSet<String>, ours: &[&str]) {
-    let after = lab_state();
-    let foreign_live = |item: &String| {
-        item_run(item).is_some_and(|r| {
-            !ours.contains(&r.as_str()) && registry::run_state(&r) != RunState::Dead
-        })
-    };
-    let added: Vec<&String> = after
-        .difference(before)
-        .filter(|i| !foreign_live(i))
-        .collect();
-    let removed: Vec<&String> = before
-        .difference(&after)
-        .filter(|i| !foreign_live(i))
-        .collect();
-    // Removed items can only be other runs' (finished meanwhile) or their sweep's work.
-    let removed_ours: Vec<&&String> = removed
-        .iter()
-        .filter(|i| ours.iter().any(|r| i.contains(r)))
-        .collect();
+    let is_ours = |item: &&String| ours.iter().any(|r| item.contains(r));
     assert!(
-        added.is_empty() && removed_ours.is_empty(),
-        "the machine is not as before: added {added:#?}, removed {removed_ours:#?}"
+        !before.iter().any(|i| is_ours(&i)),
+        "runs {ours:?} existed before the test"
     );
+    let after = lab_state();
+    let left: Vec<&String> = after.iter().filter(is_ours).collect();
+    assert!(left.is_empty(), "the machine is not as before: {left:#?}");
     for run in ours {
         let left = registry::leftovers(run);
         assert!(left.is_empty(), "run {run} left behind: {left:#?}");
