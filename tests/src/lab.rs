@@ -87,7 +87,7 @@ impl LabBuilder {
                 return Err(LabError::NoHost(i));
             }
         }
-        let (_, problems) = registry::sweep_dead();
+        let (_, problems) = crate::sweep::sweep_dead();
         for p in problems {
             eprintln!("quarry-lab: sweeping dead runs: {p}");
         }
@@ -448,7 +448,7 @@ impl Lab {
     pub fn close(mut self) -> Result<()> {
         self.detached = true; // Drop has nothing more to do.
         let problems = self.teardown();
-        let left = registry::leftovers(&self.run);
+        let left = crate::sweep::leftovers(&self.run);
         if left.is_empty() {
             Ok(())
         } else {
@@ -468,7 +468,7 @@ impl Lab {
     }
 
     fn teardown(&mut self) -> Vec<String> {
-        let problems = registry::teardown(&self.run);
+        let problems = crate::sweep::teardown(&self.run);
         for h in &self.hosts {
             h.reap();
         }
@@ -484,7 +484,7 @@ impl Drop for Lab {
         for p in self.teardown() {
             eprintln!("quarry-lab {}: teardown: {p}", self.run);
         }
-        let left = registry::leftovers(&self.run);
+        let left = crate::sweep::leftovers(&self.run);
         if !left.is_empty() {
             eprintln!(
                 "quarry-lab {}: LEFT BEHIND (the next lab's sweep retries): {}",

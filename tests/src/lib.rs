@@ -12,8 +12,8 @@
 //!   namespaces have no default route. Subnets come from `10.77.100-249.0/24`, one per live
 //!   run, skipping any that overlaps a route of the machine.
 //! - **Nothing is left behind.** Everything carries the run id; `Drop` tears the run down, and
-//!   every [`Lab::new`] first sweeps runs whose owning process is gone (see [`registry`]).
-//!   [`registry::leftovers`] lists what of a run is still there.
+//!   every [`Lab::new`] first sweeps runs whose owning process is gone (see [`sweep`]).
+//!   [`sweep::leftovers`] lists what of a run is still there.
 //!
 //! ```no_run
 //! use quarry_tests::{Lab, ProcessSpec};
@@ -29,6 +29,7 @@ mod error;
 mod host;
 mod lab;
 pub mod registry;
+pub mod sweep;
 mod sys;
 
 pub use error::{LabError, Result};

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use common::{assert_as_before, lab_state, LAB_BIN};
 use quarry_tests::registry::{self, RunState};
+use quarry_tests::sweep;
 use quarry_tests::{busybox_context, poll, Lab, ProcessSpec};
 
 /// Builds a lab with everything a lab can hold: engines with a running container, sshd, a
@@ -43,10 +44,7 @@ fn a_dropped_lab_leaves_the_machine_as_before() {
     let before = lab_state();
     let lab = busy_lab();
     let run = lab.run_id().to_string();
-    assert!(
-        !registry::leftovers(&run).is_empty(),
-        "a live lab is visible"
-    );
+    assert!(!sweep::leftovers(&run).is_empty(), "a live lab is visible");
     drop(lab);
     assert_as_before(&before, &[&run]);
 }
@@ -104,7 +102,7 @@ fn a_lab_whose_process_died_is_swept_by_the_next_lab() {
             )
         })
         .to_string();
-    let left = registry::leftovers(&dead);
+    let left = sweep::leftovers(&dead);
     assert!(
         left.iter().any(|l| l.starts_with("namespace"))
             && left.iter().any(|l| l.starts_with("process"))
@@ -117,7 +115,7 @@ fn a_lab_whose_process_died_is_swept_by_the_next_lab() {
     // Another test thread's lab may be sweeping the same run at the same moment: wait for
     // whichever finishes.
     poll("the dead run to be swept", Duration::from_secs(60), || {
-        let left = registry::leftovers(&dead);
+        let left = sweep::leftovers(&dead);
         if left.is_empty() {
             Ok(())
         } else {

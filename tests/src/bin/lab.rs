@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use quarry_tests::registry::{self, RunState};
+use quarry_tests::sweep;
 use quarry_tests::Lab;
 
 const USAGE: &str = "usage: lab up N [--docker[=1,2,...]] [--sshd[=1,2,...]] | lab status | \
@@ -74,7 +75,7 @@ fn up(n: &str, flags: &[&str]) -> anyhow::Result<()> {
 }
 
 fn status() -> anyhow::Result<()> {
-    let runs = registry::known_runs();
+    let runs = sweep::known_runs();
     if runs.is_empty() {
         println!("no lab runs on this machine");
     }
@@ -84,7 +85,7 @@ fn status() -> anyhow::Result<()> {
             .unwrap_or_else(|_| format!("lab {run} (no summary)\n"));
         println!("[{state:?}] {}", summary.trim_end());
         if state == RunState::Dead {
-            for item in registry::leftovers(&run) {
+            for item in sweep::leftovers(&run) {
                 println!("    leftover: {item}");
             }
         }
@@ -94,7 +95,7 @@ fn status() -> anyhow::Result<()> {
 
 fn down(only: Option<&str>) -> anyhow::Result<()> {
     let mut failed = false;
-    for run in registry::known_runs() {
+    for run in sweep::known_runs() {
         let state = registry::run_state(&run);
         let wanted = match only {
             Some(r) => r == run,
@@ -106,10 +107,10 @@ fn down(only: Option<&str>) -> anyhow::Result<()> {
             }
             continue;
         }
-        for p in registry::teardown(&run) {
+        for p in sweep::teardown(&run) {
             eprintln!("{run}: {p}");
         }
-        let left = registry::leftovers(&run);
+        let left = sweep::leftovers(&run);
         if left.is_empty() {
             println!("{run}: removed");
         } else {

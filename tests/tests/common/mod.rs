@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use quarry_tests::registry;
+use quarry_tests::{registry, sweep};
 use quarry_tests::{Host, Lab, ProcessSpec};
 
 /// The `lab` binary, which carries the TCP/UDP echo probes.
@@ -92,7 +92,7 @@ pub fn lab_state() -> BTreeSet<String> {
 
 /// Asserts the lab's part of the machine is as in `before` as far as runs `ours` go: none of
 /// their namespaces, links, rules, mounts or directories exist, and
-/// [`registry::leftovers`] (which also looks at processes, cgroups, `/etc/netns` and subnet
+/// [`sweep::leftovers`] (which also looks at processes, cgroups, `/etc/netns` and subnet
 /// claims) finds nothing of them. Items of other runs are ignored: other tests and other
 /// people may be running labs on this machine at the same time.
 pub fn assert_as_before(before: &BTreeSet<String>, ours: &[&str]) {
@@ -105,7 +105,7 @@ pub fn assert_as_before(before: &BTreeSet<String>, ours: &[&str]) {
     let left: Vec<&String> = after.iter().filter(is_ours).collect();
     assert!(left.is_empty(), "the machine is not as before: {left:#?}");
     for run in ours {
-        let left = registry::leftovers(run);
+        let left = sweep::leftovers(run);
         assert!(left.is_empty(), "run {run} left behind: {left:#?}");
     }
 }
@@ -114,6 +114,6 @@ pub fn assert_as_before(before: &BTreeSet<String>, ours: &[&str]) {
 pub fn close_and_check(lab: Lab) {
     let run = lab.run_id().to_string();
     lab.close().expect("lab closes cleanly");
-    let left = registry::leftovers(&run);
+    let left = sweep::leftovers(&run);
     assert!(left.is_empty(), "run {run} left behind: {left:#?}");
 }
