@@ -12,10 +12,11 @@
 //! | `ssh/` | host key, `authorized_keys`, `sshd_config` |
 //! | `docker/`, `dx/`, `docker.sock`, `dockerd.pid`, `daemon.json` | the host's engine |
 //!
-//! Processes run under `ip netns exec` (so they see the host's `/etc/hosts`), in a process
-//! group of their own, with `QUARRY_LAB_RUN=<run>` in their environment so the sweep finds
-//! them even when the lab's owner died. `dockerd` runs under `nsenter --net` instead: under
-//! `ip netns exec` it fails ("Devices cgroup isn't mounted").
+//! Processes run under `ip netns exec` (so they see the host's `/etc/hosts`), in a UTS
+//! namespace of their own with hostname `h<i>`, in a process group of their own, with
+//! `QUARRY_LAB_RUN=<run>` in their environment so the sweep finds them even when the lab's
+//! owner died. `dockerd` runs under `nsenter --net` instead: under `ip netns exec` it fails
+//! ("Devices cgroup isn't mounted").
 
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
@@ -30,7 +31,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use crate::error::{io_err, LabError, Result};
-use crate::registry::{self, RUN_ENV};
+use crate::registry;
 use crate::sys;
 
 /// Time a command run inside a host gets by default.
@@ -197,7 +198,7 @@ impl Host {
 
     /// A command running `program` inside the host (not yet started).
     pub fn command(&self, program: &str) -> Command {
-        registry::in_netns(&self.run, &self.netns, program)
+        registry::in_host(&self.run, self.index, OsStr::new(program), false)
     }
 
     /// Runs `args[0] args[1..]` inside the host and returns its output, whatever its status.
@@ -267,16 +268,12 @@ impl Host {
             .append(true)
             .open(&log_path)
             .map_err(io_err(&log_path))?;
-        let mut cmd = match spec.enter {
-            Enter::NetnsExec => self.command(&spec.program.to_string_lossy()),
-            Enter::Nsenter => {
-                let mut c = Command::new("nsenter");
-                c.arg(format!("--net=/var/run/netns/{}", self.netns))
-                    .arg(&spec.program)
-                    .env(RUN_ENV, &self.run);
-                c
-            }
-        };
+        let mut cmd = registry::in_host(
+            &self.run,
+            self.index,
+            &spec.program,
+            spec.enter == Enter::Nsenter,
+        );
         cmd.args(&spec.args);
         for (k, v) in &spec.env {
             cmd.env(k, v);

@@ -23,8 +23,10 @@
 //!   `FORWARD` (so containers behind published ports are cut too). Hosts in neither group keep
 //!   talking to both.
 //!
-//! Left out: latency and loss (`tc netem` is not in this kernel), IPv6, a separate UTS
-//! namespace per host (every host has the machine's hostname).
+//! Every process the lab starts in host i (its engine and sshd too) has hostname `h<i>`.
+//!
+//! Left out: latency and loss (`tc netem` is not in this kernel), IPv6, a mount namespace per
+//! host (hosts share the machine's file system; each has its own directory).
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;

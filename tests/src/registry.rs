@@ -21,6 +21,7 @@
 //! Left out: other users' resources are never touched, even if named alike — a name must
 //! parse exactly as a lab name to be considered.
 
+use std::ffi::OsStr;
 use std::hash::{BuildHasher, Hasher};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -280,10 +281,26 @@ fn machine_prefixes() -> Vec<(u32, u8)> {
         .collect()
 }
 
-/// Runs `cmd` inside host namespace `ns`, marked as belonging to `run`.
-pub(crate) fn in_netns(run: &str, ns: &str, program: &str) -> Command {
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", ns, program]).env(RUN_ENV, run);
+/// Sets the hostname in a fresh UTS namespace, then becomes the program (`sh -c` with the
+/// hostname as `$0` and the program and its arguments as `$@`: no quoting involved).
+const SET_HOSTNAME: &str = "hostname \"$0\" && exec \"$@\"";
+
+/// A command running `program` in host `i` of `run`: its own UTS namespace with hostname
+/// `h<i>`, then the host's network namespace, either through `ip netns exec` (which also
+/// bind-mounts the host's `/etc/netns` files) or, with `nsenter_only`, `nsenter --net`. The
+/// process keeps the pid of the command (every step execs), and carries the run's marker.
+pub(crate) fn in_host(run: &str, i: usize, program: &OsStr, nsenter_only: bool) -> Command {
+    let ns = host_name(run, i);
+    let mut cmd = Command::new("unshare");
+    cmd.arg("--uts");
+    if nsenter_only {
+        cmd.arg("nsenter").arg(format!("--net=/var/run/netns/{ns}"));
+    } else {
+        cmd.args(["ip", "netns", "exec", &ns]);
+    }
+    cmd.args(["sh", "-c", SET_HOSTNAME, &format!("h{i}")])
+        .arg(program)
+        .env(RUN_ENV, run);
     cmd
 }
 

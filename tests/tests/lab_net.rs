@@ -33,7 +33,8 @@ fn three_hosts_reach_each_other_on_tcp_and_udp() {
             }
         }
     }
-    // Names resolve through each host's own /etc/hosts.
+    // Each host has its own hostname, and names resolve through its own /etc/hosts.
+    assert_eq!(lab.host(3).sh("hostname").expect("hostname"), "h3\n");
     let hosts = lab.host(1).sh("cat /etc/hosts").expect("read hosts");
     assert!(
         hosts.contains(&format!("{} h3", lab.host(3).addr())),

@@ -10,9 +10,13 @@ fn sshd_in_a_host_accepts_the_lab_key_and_runs_a_command_there() {
     let lab = Lab::builder(2).sshd([2]).build().expect("lab");
     let h2 = lab.host(2);
     let out = h2
-        .ssh("echo answer=$((6*7)); ip -4 -o addr show dev eth0")
+        .ssh("echo answer=$((6*7)); echo name=$(hostname); ip -4 -o addr show dev eth0")
         .expect("ssh runs a command");
     assert!(out.contains("answer=42"), "{out}");
+    assert!(
+        out.contains("name=h2\n"),
+        "the host has its own hostname: {out}"
+    );
     assert!(
         out.contains(&format!("inet {}/24", h2.addr())),
         "the command ran inside h2's namespace: {out}"
