@@ -260,6 +260,9 @@ impl Host {
     }
 
     fn start(&self, spec: &ProcessSpec, nth: u32) -> Result<(u32, Child)> {
+        if spec.enter == Enter::Nsenter {
+            self.remove_stale_engine_pid_files();
+        }
         let log_path = self.log_path(&spec.name);
         let logs = self.dir.join("logs");
         std::fs::create_dir_all(&logs).map_err(io_err(&logs))?;
@@ -297,28 +300,60 @@ impl Host {
         Ok((pid, child))
     }
 
-    /// Kills process `name` at once (SIGKILL), as a crash would.
+    /// Kills process `name` at once, as a crash would: SIGKILL to it and every process it
+    /// started (for `dockerd`: its containerd, shims, docker-proxies and containers).
     pub fn kill(&self, name: &str) -> Result<()> {
         let mut procs = self.procs();
         let p = self.proc_mut(&mut procs, name)?;
+        let mut tree = sys::descendants(p.child.id());
         let _ = p.child.kill();
         let _ = p.child.wait();
-        Ok(())
+        if p.spec.enter == Enter::Nsenter {
+            tree.extend(self.engine_pids());
+        }
+        self.kill_rest(name, &tree)
     }
 
-    /// Stops process `name` gracefully: TERM, then KILL after a grace period.
+    /// Stops process `name` gracefully: TERM, then KILL after a grace period; whatever it
+    /// started and left behind is killed too.
     pub fn stop(&self, name: &str) -> Result<()> {
         let mut procs = self.procs();
         let p = self.proc_mut(&mut procs, name)?;
-        sys::stop_child(&mut p.child, STOP_GRACE);
-        Ok(())
+        self.stop_proc(p)
     }
 
-    /// Stops process `name` (if running) and starts it again with the same spec.
+    fn stop_proc(&self, p: &mut Proc) -> Result<()> {
+        let pid = p.child.id();
+        sys::stop_child(&mut p.child, STOP_GRACE);
+        let mut rest = sys::descendants(pid);
+        if p.spec.enter == Enter::Nsenter {
+            rest.extend(self.engine_pids());
+        }
+        self.kill_rest(&p.spec.name, &rest)
+    }
+
+    fn engine_pids(&self) -> Vec<u32> {
+        crate::sweep::engine_pids(&self.run, self.index, &self.dir)
+    }
+
+    fn kill_rest(&self, name: &str, pids: &[u32]) -> Result<()> {
+        let survivors = sys::kill_all(pids, STOP_GRACE);
+        if survivors.is_empty() {
+            Ok(())
+        } else {
+            Err(LabError::Invalid(format!(
+                "processes {survivors:?} started by {name} on h{} survived SIGKILL",
+                self.index
+            )))
+        }
+    }
+
+    /// Stops process `name` (if running, as [`Host::stop`] does) and starts it again with the
+    /// same spec. Returns the new pid.
     pub fn restart(&self, name: &str) -> Result<u32> {
         let mut procs = self.procs();
         let p = self.proc_mut(&mut procs, name)?;
-        sys::stop_child(&mut p.child, STOP_GRACE);
+        self.stop_proc(p)?;
         let (pid, child) = self.start(&p.spec, p.starts + 1)?;
         p.child = child;
         p.starts += 1;
@@ -506,8 +541,28 @@ impl Host {
         self.spawn(spec).map(|_| ())
     }
 
-    /// Waits for the engine to answer `/_ping` on its socket.
-    pub(crate) fn wait_dockerd(&self) -> Result<()> {
+    /// After an engine crash, its pid files name dead processes. This machine's init reaps
+    /// orphans lazily, and dockerd takes a zombie for a running daemon ("pid file found") or a
+    /// running containerd (and waits for it until it times out): remove such files.
+    fn remove_stale_engine_pid_files(&self) {
+        for file in [
+            self.dir.join("dockerd.pid"),
+            self.dir
+                .join("dx")
+                .join("containerd")
+                .join("containerd.pid"),
+        ] {
+            let pid = std::fs::read_to_string(&file)
+                .ok()
+                .and_then(|p| p.trim().parse::<u32>().ok());
+            if pid.is_some_and(|p| !sys::alive(p)) {
+                let _ = std::fs::remove_file(&file);
+            }
+        }
+    }
+
+    /// Waits for the engine to answer `/_ping` on its socket (after a `restart("dockerd")`).
+    pub fn wait_dockerd(&self) -> Result<()> {
         let sock = self.docker_socket();
         sys::poll(
             &format!("dockerd of h{} to answer on {}", self.index, sock.display()),
@@ -577,8 +632,8 @@ impl Host {
         .map(|_| ())
     }
 
-    /// Waits for sshd to accept TCP connections on port 22.
-    pub(crate) fn wait_sshd(&self) -> Result<()> {
+    /// Waits for sshd to accept TCP connections on port 22 (after a `restart("sshd")`).
+    pub fn wait_sshd(&self) -> Result<()> {
         let addr = SocketAddr::from((self.addr, 22));
         sys::poll(
             &format!("sshd of h{} to listen on {addr}", self.index),

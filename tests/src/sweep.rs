@@ -368,6 +368,31 @@ fn host_dirs(run_dir: &Path) -> Vec<PathBuf> {
         .unwrap_or_default()
 }
 
+/// Every process of host `i`'s engine: dockerd, its containerd and shims (their command lines
+/// name the host's engine files), the containers (in the engine's cgroup parent), and their
+/// descendants (docker-proxy).
+pub(crate) fn engine_pids(run: &str, i: usize, host_dir: &Path) -> Vec<u32> {
+    let exec_root = host_dir.join("dx").to_string_lossy().into_owned() + "/";
+    let config = host_dir.join("daemon.json").to_string_lossy().into_owned();
+    let mut pids: Vec<u32> = sys::all_pids()
+        .into_iter()
+        .filter(|&p| sys::cmdline_has(p, &exec_root) || sys::cmdline_has(p, &config))
+        .collect();
+    let parent = crate::registry::cgroup_parent(run, i);
+    for cg in lab_cgroups() {
+        if cg.file_name().and_then(|n| n.to_str()) == Some(parent.as_str()) {
+            pids.extend(cgroup_pids(&cg));
+        }
+    }
+    let roots = pids.clone();
+    for root in roots {
+        pids.extend(sys::descendants(root));
+    }
+    pids.sort_unstable();
+    pids.dedup();
+    pids
+}
+
 /// Pids in a cgroup and its descendants.
 fn cgroup_pids(cg: &Path) -> Vec<u32> {
     let mut pids: Vec<u32> = std::fs::read_to_string(cg.join("cgroup.procs"))

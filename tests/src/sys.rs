@@ -174,6 +174,38 @@ pub(crate) fn all_pids() -> Vec<u32> {
         .collect()
 }
 
+/// The parent pid of `pid`.
+fn parent(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // ppid is field 4; the vector starts at field 3.
+    stat_fields(&stat).get(1)?.parse().ok()
+}
+
+/// Every descendant of `pid` (children, their children...), as the process table is now.
+pub(crate) fn descendants(pid: u32) -> Vec<u32> {
+    let table: Vec<(u32, u32)> = all_pids()
+        .into_iter()
+        .filter_map(|p| Some((p, parent(p)?)))
+        .collect();
+    let mut found = Vec::new();
+    let mut frontier = vec![pid];
+    while let Some(p) = frontier.pop() {
+        for &(child, _) in table.iter().filter(|(_, pp)| *pp == p) {
+            found.push(child);
+            frontier.push(child);
+        }
+    }
+    found
+}
+
+/// Kills every pid in `pids` (SIGKILL) and waits for them to be gone; returns survivors.
+pub(crate) fn kill_all(pids: &[u32], limit: Duration) -> Vec<u32> {
+    for &p in pids {
+        signal(p, "KILL");
+    }
+    wait_gone(pids, limit)
+}
+
 /// Whether the command line of `pid` mentions `needle`.
 pub(crate) fn cmdline_has(pid: u32, needle: &str) -> bool {
     std::fs::read(format!("/proc/{pid}/cmdline"))

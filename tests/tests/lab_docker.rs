@@ -94,5 +94,20 @@ fn a_hosts_engine_runs_a_local_image_another_host_reaches_on_its_published_port(
         cgroup.contains(&format!("quarry-lab-{}-h3", lab.run_id())),
         "container cgroup: {cgroup}"
     );
+
+    // The engine crashes and comes back with its data: the image and the container are still
+    // known (the container stopped with its engine, unless it was restarted since).
+    h3.kill("dockerd").expect("kill engine");
+    h3.restart("dockerd").expect("restart engine");
+    h3.wait_dockerd().expect("engine back");
+    let images = h3
+        .docker(&["images", "-q", "quarry-lab-web:1"])
+        .expect("images");
+    assert!(
+        !images.trim().is_empty(),
+        "h3 lost its image across a restart"
+    );
+    h3.docker(&["rm", "-f", "web"])
+        .expect("the old container is still known");
     close_and_check(lab);
 }
