@@ -305,7 +305,7 @@ impl Host {
     pub fn kill(&self, name: &str) -> Result<()> {
         let mut procs = self.procs();
         let p = self.proc_mut(&mut procs, name)?;
-        let mut tree = sys::descendants(p.child.id());
+        let mut tree = running_descendants(&mut p.child);
         let _ = p.child.kill();
         let _ = p.child.wait();
         if p.spec.enter == Enter::Nsenter {
@@ -323,9 +323,8 @@ impl Host {
     }
 
     fn stop_proc(&self, p: &mut Proc) -> Result<()> {
-        let pid = p.child.id();
+        let mut rest = running_descendants(&mut p.child);
         sys::stop_child(&mut p.child, STOP_GRACE);
-        let mut rest = sys::descendants(pid);
         if p.spec.enter == Enter::Nsenter {
             rest.extend(self.engine_pids());
         }
@@ -698,6 +697,15 @@ impl Host {
             ));
         }
         line
+    }
+}
+
+/// The descendants of a child that is still running. (Once a child is reaped its pid may be
+/// reused by an unrelated process, whose children must not be touched.)
+fn running_descendants(child: &mut Child) -> Vec<u32> {
+    match child.try_wait() {
+        Ok(None) => sys::descendants(child.id()),
+        _ => Vec::new(),
     }
 }
 
