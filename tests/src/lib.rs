@@ -48,3 +48,9 @@ pub fn busybox_context(dir: &std::path::Path) -> Result<()> {
     )
     .map_err(error::io_err(dir.join("Dockerfile")))
 }
+
+/// A lab is shared across test threads and moved into them.
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    send_sync::<Lab>();
+};
