@@ -60,6 +60,7 @@ mod autosize;
 mod block;
 mod picture;
 mod place;
+mod repack;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -429,12 +430,18 @@ impl Grid {
                     .get(s)
                     .ok_or_else(|| format!("block {id} lists unknown slice {s}"))?;
                 if &slice.block != id {
-                    return Err(format!("slice {s} listed on {id} but sits on {}", slice.block));
+                    return Err(format!(
+                        "slice {s} listed on {id} but sits on {}",
+                        slice.block
+                    ));
                 }
                 used += slice.spec.memory;
             }
             if used != block.used {
-                return Err(format!("block {id} records used {} but holds {used}", block.used));
+                return Err(format!(
+                    "block {id} records used {} but holds {used}",
+                    block.used
+                ));
             }
             if block.used > block.size {
                 return Err(format!(
@@ -475,7 +482,10 @@ impl Grid {
                 return Err(format!("slice {id} not listed on its block {}", block.id));
             }
             if let Some(t) = slice.spec.tags.iter().find(|t| !block.tags.contains(*t)) {
-                return Err(format!("slice {id} needs tag {t}, block {} lacks it", block.id));
+                return Err(format!(
+                    "slice {id} needs tag {t}, block {} lacks it",
+                    block.id
+                ));
             }
             *groups
                 .entry(&slice.spec.group)

@@ -19,7 +19,12 @@ const HEIGHT: u64 = 8;
 
 /// Bytes for people: `512M`, `1.5G`, `8G`.
 pub fn human_bytes(bytes: u64) -> String {
-    const UNITS: [(&str, u64); 4] = [("T", 1 << 40), ("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)];
+    const UNITS: [(&str, u64); 4] = [
+        ("T", 1 << 40),
+        ("G", 1 << 30),
+        ("M", 1 << 20),
+        ("K", 1 << 10),
+    ];
     for (unit, scale) in UNITS {
         if bytes >= scale {
             let whole = bytes / scale;
@@ -171,7 +176,10 @@ impl Grid {
             .values()
             .filter(|b| b.slices.is_empty())
             .count();
-        let _ = writeln!(out, "{empty} blocks empty; `grid` shows up to 20 blocks as columns");
+        let _ = writeln!(
+            out,
+            "{empty} blocks empty; `grid` shows up to 20 blocks as columns"
+        );
     }
 
     /// Place `specs` in order on a copy of the grid (the notes' "virtual grid") and report
@@ -265,11 +273,17 @@ impl fmt::Display for DryRun {
                 DryPlacement::Block { block, spread } => writeln!(
                     f,
                     "{slice} -> {block}{}",
-                    if *spread { "" } else { " (shares the block with a replica)" }
+                    if *spread {
+                        ""
+                    } else {
+                        " (shares the block with a replica)"
+                    }
                 )?,
-                DryPlacement::NewBlock { block, size } => {
-                    writeln!(f, "{slice} -> {block} (a new block of {})", human_bytes(*size))?
-                }
+                DryPlacement::NewBlock { block, size } => writeln!(
+                    f,
+                    "{slice} -> {block} (a new block of {})",
+                    human_bytes(*size)
+                )?,
                 DryPlacement::Error(e) => writeln!(f, "{slice} -> nowhere: {e}")?,
             }
         }

@@ -278,7 +278,11 @@ impl Grid {
 
     /// Put a slice on a block that has room (no version change, no events).
     pub(super) fn attach(&mut self, spec: SliceSpec, to: &ServerId) {
-        let block = self.state.blocks.get_mut(to).expect("attach to a known block");
+        let block = self
+            .state
+            .blocks
+            .get_mut(to)
+            .expect("attach to a known block");
         debug_assert!(block.free() >= spec.memory);
         if block.state == BlockState::Active {
             self.index.remove(&block.tags, block.free(), to);
