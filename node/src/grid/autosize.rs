@@ -42,21 +42,51 @@ impl Grid {
         let mut round = Round {
             budget: max_moves,
             moves: Vec::new(),
-            events: Vec::new(),
+            destroyed: Vec::new(),
             active: self.active_blocks(),
         };
         if self.state.options.autosize {
             self.empty_blocks(&mut round);
-            if round.events.is_empty() {
+            if round.destroyed.is_empty() {
                 self.repack(&mut round);
             }
         }
-        if !round.events.is_empty() {
+        // A slice moved twice in a round is reported once, from where it was to where it is.
+        let mut net: Vec<Move> = Vec::new();
+        let mut at: std::collections::BTreeMap<SliceId, usize> = Default::default();
+        for m in round.moves {
+            match at.get(&m.slice) {
+                Some(&i) => net[i].to = m.to,
+                None => {
+                    at.insert(m.slice.clone(), net.len());
+                    net.push(m);
+                }
+            }
+        }
+        net.retain(|m| m.from != m.to);
+        let mut events = Vec::with_capacity(net.len() * 2 + round.destroyed.len());
+        for m in &net {
+            events.push(Event::Added {
+                block: m.to.clone(),
+                slice: m.slice.clone(),
+            });
+            events.push(Event::Removed {
+                block: m.from.clone(),
+                slice: m.slice.clone(),
+            });
+        }
+        events.extend(
+            round
+                .destroyed
+                .into_iter()
+                .map(|block| Event::Destroy { block }),
+        );
+        if !events.is_empty() {
             self.state.version += 1;
         }
         Change {
-            result: round.moves,
-            events: round.events,
+            result: net,
+            events,
         }
     }
 
@@ -116,7 +146,7 @@ impl Grid {
             for (slice, to) in done {
                 round.record(slice, id.clone(), to);
             }
-            round.events.push(Event::Destroy { block: id });
+            round.destroyed.push(id);
             round.active -= 1;
         }
     }
@@ -124,22 +154,18 @@ impl Grid {
 
 /// What a round has done so far.
 pub(super) struct Round {
+    /// Moves left.
     pub(super) budget: usize,
+    /// Moves made, in order (a slice may appear twice; netted at the end).
     pub(super) moves: Vec<Move>,
-    pub(super) events: Vec<Event>,
+    /// Blocks emptied.
+    pub(super) destroyed: Vec<ServerId>,
+    /// Active blocks now.
     pub(super) active: usize,
 }
 
 impl Round {
     pub(super) fn record(&mut self, slice: SliceId, from: ServerId, to: ServerId) {
-        self.events.push(Event::Added {
-            block: to.clone(),
-            slice: slice.clone(),
-        });
-        self.events.push(Event::Removed {
-            block: from.clone(),
-            slice: slice.clone(),
-        });
         self.moves.push(Move { slice, from, to });
         self.budget -= 1;
     }

@@ -34,8 +34,10 @@
 //! - [`Grid::remove_slice`], [`Grid::add_block`], [`Grid::drain_block`] (moves the block's
 //!   unpinned slices elsewhere), [`Grid::activate_block`], [`Grid::remove_block`] (its slices,
 //!   if any, come back to be placed again).
-//! - [`Grid::autosize`]: one consolidation round, at most N moves, each group of moves emptying
-//!   a whole block so it can be destroyed above `min`.
+//! - [`Grid::autosize`]: one consolidation round, at most N moves, emptying whole blocks so
+//!   they can be destroyed above `min`: first block by block into the others' free room, then,
+//!   when that empties nothing, by swaps that gather the little room best fit leaves behind
+//!   (`autosize.rs`, `repack.rs`).
 //! - [`Grid::dry_run`] (the notes' "virtual grid") and [`Grid::picture`].
 //!
 //! # Invariants ([`Grid::check`] verifies them; the property tests run it after every step)
@@ -334,6 +336,12 @@ impl Grid {
             groups: BTreeMap::new(),
         };
         for block in grid.state.blocks.values() {
+            if block.used > block.size {
+                return Err(GridError::Corrupt(format!(
+                    "block {} over capacity: {} > {}",
+                    block.id, block.used, block.size
+                )));
+            }
             if block.state == BlockState::Active {
                 grid.index.insert(&block.tags, block.free(), &block.id);
             }

@@ -132,6 +132,11 @@ impl Grid {
         out.push('\n');
         out.push_str(labels.trim_end());
         out.push('\n');
+        let id_width = blocks
+            .iter()
+            .map(|b| b.id.0.chars().count())
+            .max()
+            .unwrap_or(0);
         for (i, b) in blocks.iter().enumerate() {
             let tail = format!(
                 " {:>5} used {:>5} free {:>5} {:>4} slices{}",
@@ -145,9 +150,9 @@ impl Grid {
                     ""
                 }
             );
-            let room = WIDTH.saturating_sub(3 + tail.len()).max(4);
+            let room = WIDTH.saturating_sub(3 + tail.len()).max(4).min(id_width);
             let id = shorten(&b.id.0, room);
-            let _ = writeln!(out, "{:>2} {id}{tail}", i + 1);
+            let _ = writeln!(out, "{:>2} {id:<room$}{tail}", i + 1);
         }
         out
     }

@@ -225,9 +225,9 @@ impl Grid {
                 None => report.stuck.push(s),
             }
         }
-        let destroyed = events.len();
+        // A drained block left empty is (again) handed back; that alone changes nothing.
         self.maybe_destroy(id, &mut events);
-        if was_active || !report.moved.is_empty() || events.len() != destroyed {
+        if was_active || !report.moved.is_empty() {
             self.state.version = before + 1;
         }
         Ok(Change {

@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::types::{ServerId, SliceId, SliceSpec};
 
 use super::autosize::Round;
-use super::{BlockState, Event, Grid};
+use super::{BlockState, Grid};
 
 /// Passes of fills and swaps in one repack.
 const PASSES: usize = 6;
@@ -153,7 +153,7 @@ impl Grid {
             }
         }
         for id in emptied {
-            round.events.push(Event::Destroy { block: id });
+            round.destroyed.push(id);
             round.active -= 1;
         }
     }

@@ -107,6 +107,12 @@ pub fn run(seed: u64, round_moves: usize) -> Churn {
     let mut moved = 0;
     loop {
         let change = grid.autosize(round_moves);
+        assert!(
+            change.result.len() <= round_moves,
+            "a round over its budget"
+        );
+        grid.check()
+            .expect("invariants hold after an autosize round");
         act(&mut grid, &change.events);
         moved += change.result.len();
         if change.events.is_empty() {
