@@ -133,7 +133,8 @@ impl Grid {
         let give_back = match block.state {
             BlockState::Draining => true,
             BlockState::Active => {
-                self.state.options.autosize && self.active_blocks() > self.state.options.min
+                // The index holds exactly the active blocks.
+                self.state.options.autosize && self.index.len() > self.state.options.min
             }
         };
         if give_back {

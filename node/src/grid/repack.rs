@@ -208,7 +208,7 @@ impl Grid {
             let ok = |y: &SliceSpec| block.has_tags(&y.tags) && self.may_join(y, b, &out);
             // One in: the largest y in (sx, sx + free].
             let single = queue
-                .range(..=(sx + free, SliceId(String::from("\u{10ffff}"))))
+                .range(..below(sx + free))
                 .rev()
                 .take_while(|(m, _)| *m > sx)
                 .take(TRIES)
@@ -235,7 +235,7 @@ impl Grid {
                 let lo = sx - m1;
                 let hi = sx + free - m1;
                 let second = queue
-                    .range(..=(hi, SliceId(String::from("\u{10ffff}"))))
+                    .range(..below(hi))
                     .rev()
                     .take_while(|(m, _)| *m > lo)
                     .take(TRIES)
@@ -408,4 +408,9 @@ impl Grid {
             self.set_state(id, BlockState::Active);
         }
     }
+}
+
+/// The queue key just above every slice of `memory` bytes or less.
+fn below(memory: u64) -> (u64, SliceId) {
+    (memory.saturating_add(1), SliceId(String::new()))
 }
