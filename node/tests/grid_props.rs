@@ -285,3 +285,104 @@ proptest! {
         }
     }
 }
+
+/// Slice sizes (in 64 MB units) of a churned grid: placed, some removed, more placed.
+fn churn_plan() -> impl Strategy<Value = (Vec<(u64, bool)>, Vec<bool>, Vec<(u64, bool)>, u8)> {
+    let slice = (2u64..=32, proptest::bool::weighted(0.1));
+    (
+        proptest::collection::vec(slice.clone(), 40..160),
+        proptest::collection::vec(proptest::bool::weighted(0.4), 160),
+        proptest::collection::vec(slice, 0..60),
+        1u8..4,
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 48,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn autosize_rounds_keep_budget_spread_and_pins_and_never_grow_the_grid(
+        (first, removed, second, group_size) in churn_plan(),
+        budget in 1usize..40,
+    ) {
+        const UNIT: u64 = 64 << 20;
+        let mut grid = Grid::new(GridOptions {
+            min: 1,
+            max: 10_000,
+            autosize: false,
+            block_size: 2 * GB,
+            max_block_size: 2 * GB,
+        });
+        let mut next = 0usize;
+        let mut n = 0usize;
+        let mut place = |grid: &mut Grid, (units, pinned): (u64, bool)| {
+            let spec = SliceSpec {
+                id: SliceId(format!("s{n:04}")),
+                memory: units * UNIT,
+                tags: Vec::new(),
+                group: format!("g{}", n / group_size as usize),
+                pinned,
+            };
+            n += 1;
+            loop {
+                match grid.place(spec.clone()).expect("below max").result {
+                    PlaceOutcome::Placed { .. } => return,
+                    PlaceOutcome::NeedsBlock { size, tags } => {
+                        next += 1;
+                        grid.add_block(ServerId(format!("b{next:04}")), size, &tags)
+                            .expect("add");
+                    }
+                }
+            }
+        };
+        for s in &first {
+            place(&mut grid, *s);
+        }
+        for (i, gone) in removed.iter().enumerate().take(first.len()) {
+            if *gone {
+                grid.remove_slice(&SliceId(format!("s{i:04}"))).expect("remove");
+            }
+        }
+        for s in &second {
+            place(&mut grid, *s);
+        }
+        let mut o = *grid.options();
+        o.autosize = true;
+        grid.set_options(o);
+        for _ in 0..20 {
+            let in_use = grid.blocks_in_use();
+            let before = grid.clone();
+            let change = grid.autosize(budget);
+            if let Err(e) = grid.check() {
+                panic!("after autosize: {e}");
+            }
+            prop_assert!(change.result.len() <= budget);
+            prop_assert!(grid.blocks_in_use() <= in_use, "autosize grew the grid");
+            for m in &change.result {
+                let spec = &grid.slices()[&m.slice].spec;
+                prop_assert!(!spec.pinned, "moved pinned {}", m.slice);
+                prop_assert_eq!(before.block_of(&m.slice), Some(&m.from));
+                prop_assert_eq!(grid.block_of(&m.slice), Some(&m.to));
+                let together = grid
+                    .slices()
+                    .values()
+                    .filter(|o| o.block == m.to && o.spec.group == spec.group)
+                    .count();
+                prop_assert_eq!(together, 1, "{} joined a replica", m.slice);
+            }
+            for e in &change.events {
+                if let Event::Destroy { block } = e {
+                    grid.remove_block(block).expect("remove a destroyed block");
+                }
+            }
+            if change.events.is_empty() {
+                prop_assert_eq!(grid.version(), before.version());
+                break;
+            }
+        }
+    }
+}
