@@ -286,8 +286,12 @@ proptest! {
     }
 }
 
-/// Slice sizes (in 64 MB units) of a churned grid: placed, some removed, more placed.
-fn churn_plan() -> impl Strategy<Value = (Vec<(u64, bool)>, Vec<bool>, Vec<(u64, bool)>, u8)> {
+/// A slice of a churn plan: size in 64 MB units, pinned.
+type PlanSlice = (u64, bool);
+/// A churned grid: slices placed, which of them are removed, more placed, the group size.
+type ChurnPlan = (Vec<PlanSlice>, Vec<bool>, Vec<PlanSlice>, u8);
+
+fn churn_plan() -> impl Strategy<Value = ChurnPlan> {
     let slice = (2u64..=32, proptest::bool::weighted(0.1));
     (
         proptest::collection::vec(slice.clone(), 40..160),
