@@ -1,14 +1,19 @@
 //! The node library: everything `quarryd` runs and the `quarry` CLI shares.
 //!
-//! Pure modules (no I/O crate imported; tested without Docker or a network): [`types`],
-//! [`spec`]'s reader, [`build`], [`reconcile::diff`], [`router::render`].
+//! Pure modules (no I/O crate imported; tested without Docker or a network): [`types`] (the
+//! shared data), [`spec`] (the quarry.yml reader; `spec::load` is its thin file-reading shell),
+//! [`build`] (the plan compiler), [`grid`] (the slicegrid scheduler), [`reconcile::diff`] (desired
+//! vs running containers), [`router::render`] (nginx.conf). Beside them: [`config`]
+//! (quarryd.toml) and [`pki`] (the cluster CA, certificates and join token).
 //!
-//! I/O shells: [`docker`] (the local engine), [`reconcile`]'s converging shell, [`router`]'s
-//! nginx process owner, [`health`] (probes from the host).
+//! I/O shells: [`docker`] (the local engine: images, networks, containers by label),
+//! [`reconcile`]'s converging shell, [`router`]'s nginx process owner, [`health`] (probes from
+//! the host).
 
 pub mod build;
 pub mod config;
 pub mod docker;
+pub mod grid;
 pub mod health;
 pub mod pki;
 pub mod reconcile;
