@@ -5,9 +5,6 @@
 
 mod cmd;
 mod local;
-mod ps;
-mod start;
-mod stop;
 
 use std::process::ExitCode;
 
@@ -26,11 +23,11 @@ enum Command {
     /// Show what applying a stack's quarry.yml would do (ENSURE, DEPLOY, SCALE, ROUTE, KILL).
     Plan(cmd::plan::Args),
     /// Run a stack on the local Docker behind a local nginx, and print its URLs.
-    Start(start::StartArgs),
+    Start(cmd::start::StartArgs),
     /// Remove every container, network, router and file of a local stack.
-    Stop(stop::StopArgs),
+    Stop(cmd::stop::StopArgs),
     /// List a local stack's containers: node, replica, revision, state, health, address, uptime.
-    Ps(ps::PsArgs),
+    Ps(cmd::ps::PsArgs),
 }
 
 /// Runs an async command on a small runtime.
@@ -43,13 +40,24 @@ fn block_on(f: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow:
     Ok(ExitCode::SUCCESS)
 }
 
+/// Runs an async command that decides its own exit code.
+fn block_on_code(
+    f: impl std::future::Future<Output = anyhow::Result<ExitCode>>,
+) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(f)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Plan(args) => cmd::plan::run(&args),
-        Command::Start(args) => block_on(start::run(args)),
-        Command::Stop(args) => block_on(stop::run(args)),
-        Command::Ps(args) => block_on(ps::run(args)),
+        Command::Plan(args) => block_on_code(cmd::plan::run(args)),
+        Command::Start(args) => block_on(cmd::start::run(args)),
+        Command::Stop(args) => block_on(cmd::stop::run(args)),
+        Command::Ps(args) => block_on(cmd::ps::run(args)),
     };
     match result {
         Ok(code) => code,

@@ -1,6 +1,9 @@
 //! One module per command.
 
 pub mod plan;
+pub mod ps;
+pub mod start;
+pub mod stop;
 
 use std::path::{Path, PathBuf};
 

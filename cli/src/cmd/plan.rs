@@ -1,5 +1,10 @@
 //! `quarry plan [DIR]`: compile a stack's quarry.yml against the current state and show the
 //! launch instructions, without applying anything.
+//!
+//! The current state is, in order: the `--state` file if given; otherwise what the local
+//! Docker runs of the stack (read back from the containers' labels, exactly as `quarry start`
+//! reads it, so the plan shown is the plan `quarry start` applies); nothing running if Docker
+//! cannot be reached (said on stderr).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -7,39 +12,34 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use quarry_node::build::{self, Inputs};
-use quarry_node::spec::{self, DirFacts, LoadError};
-use quarry_node::types::StackState;
+use quarry_node::docker::{self, Engine};
+use quarry_node::reconcile;
+use quarry_node::spec::LoadError;
+use quarry_node::types::{ServerId, StackState};
+
+use crate::local;
 
 /// Arguments of `quarry plan`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The stack's directory (the one holding quarry.yml); default: the current directory.
     pub dir: Option<PathBuf>,
-    /// The current state to plan against, as JSON (a StackState, e.g. from `quarry ps --json`);
-    /// default: nothing running.
+    /// The current state to plan against, as JSON (a StackState, e.g. the `state` of
+    /// `quarry ps --json`); default: what the local Docker runs of the stack.
     #[arg(long, value_name = "FILE")]
     pub state: Option<PathBuf>,
+    /// Plan against nothing running, as for a first deploy.
+    #[arg(long, conflicts_with = "state")]
+    pub fresh: bool,
     /// Print the plan as JSON, for scripts.
     #[arg(long)]
     pub json: bool,
 }
 
 /// Run `quarry plan`.
-pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
+pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let dir = super::stack_dir(args.dir.as_deref());
-    let facts = DirFacts {
-        root: dir.clone(),
-        max_memory: super::local_memory(),
-    };
-    let default_name = dir
-        .canonicalize()
-        .ok()
-        .and_then(|d| {
-            d.file_name()
-                .map(|n| n.to_string_lossy().to_ascii_lowercase())
-        })
-        .unwrap_or_else(|| "stack".to_owned());
-    let (stack, warnings) = match spec::load_with(&dir, &default_name, &facts) {
+    let (stack, warnings) = match local::load(&dir) {
         Ok(ok) => ok,
         Err(LoadError::Invalid(diags)) => {
             if args.json {
@@ -51,16 +51,27 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         }
         Err(e) => return Err(e.into()),
     };
-    let current = match &args.state {
-        Some(path) => {
+    let nothing = || StackState {
+        name: stack.name.clone(),
+        nodes: BTreeMap::new(),
+    };
+    let current = match (&args.state, args.fresh) {
+        (Some(path), _) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("cannot read the state file {}", path.display()))?;
             serde_json::from_str::<StackState>(&text)
                 .with_context(|| format!("{} is not a stack state (JSON)", path.display()))?
         }
-        None => StackState {
-            name: stack.name.clone(),
-            nodes: BTreeMap::new(),
+        (None, true) => nothing(),
+        (None, false) => match Engine::connect().await {
+            Ok(engine) => {
+                let observed = docker::observe(&engine, &stack.name).await?;
+                reconcile::current_state(&stack.name, &ServerId::local(), &observed)
+            }
+            Err(e) => {
+                eprintln!("quarry: {e}\nquarry: planning against nothing running");
+                nothing()
+            }
         },
     };
     let plan = build::plan(&Inputs {
