@@ -326,6 +326,20 @@ fn second_start_changes_nothing_no_docker_event_same_nginx() {
         ours.is_empty(),
         "docker events during the second start: {ours:?}"
     );
+    // And `quarry plan`, reading the same local state by default, has nothing to do.
+    let dir = s.dir.to_str().expect("utf-8 path");
+    let out = s.quarry(&["plan", dir, "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let plan: Value = serde_json::from_slice(&out.stdout).expect("plan --json is JSON");
+    assert_eq!(
+        plan["plan"]["instructions"].as_array().map(Vec::len),
+        Some(0),
+        "plan after start must be empty: {plan}"
+    );
 }
 
 #[test]
