@@ -22,6 +22,9 @@ struct Cli {
 enum Command {
     /// Show what applying a stack's quarry.yml would do (ENSURE, DEPLOY, SCALE, ROUTE, KILL).
     Plan(cmd::plan::Args),
+    /// Show the grid (servers as columns, used memory as ###) and where the plan would place
+    /// new replicas (a dry run on a copy of the grid).
+    Grid(cmd::grid::Args),
     /// Run a stack on the local Docker behind a local nginx, and print its URLs.
     Start(cmd::start::StartArgs),
     /// Remove every container, network, router and file of a local stack.
@@ -55,6 +58,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Plan(args) => block_on_code(cmd::plan::run(args)),
+        Command::Grid(args) => block_on_code(cmd::grid::run(args)),
         Command::Start(args) => block_on(cmd::start::run(args)),
         Command::Stop(args) => block_on(cmd::stop::run(args)),
         Command::Ps(args) => block_on(cmd::ps::run(args)),

@@ -1,5 +1,6 @@
 //! One module per command.
 
+pub mod grid;
 pub mod plan;
 pub mod ps;
 pub mod start;

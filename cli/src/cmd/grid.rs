@@ -1,0 +1,110 @@
+//! `quarry grid [DIR]`: the grid as the notes draw it — here, locally, one block (this machine)
+//! holding the stack's running replicas — and a dry run of the stack's plan on a copy of it:
+//! where each new replica would go (the notes' "virtual grid").
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use quarry_node::build::{self, Inputs};
+use quarry_node::docker::{self, Engine};
+use quarry_node::grid::{Grid, GridOptions};
+use quarry_node::reconcile;
+use quarry_node::spec::LoadError;
+use quarry_node::types::{ServerId, StackState};
+
+use crate::local;
+
+/// Arguments of `quarry grid`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The stack's directory (the one holding quarry.yml); default: the current directory.
+    pub dir: Option<PathBuf>,
+    /// Print the grid and the dry run as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Run `quarry grid`.
+pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let dir = super::stack_dir(args.dir.as_deref());
+    let (stack, _) = match local::load(&dir) {
+        Ok(ok) => ok,
+        Err(LoadError::Invalid(diags)) => {
+            eprintln!("{diags}");
+            return Ok(ExitCode::FAILURE);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let current = match Engine::connect().await {
+        Ok(engine) => {
+            let observed = docker::observe(&engine, &stack.name).await?;
+            reconcile::current_state(&stack.name, &ServerId::local(), &observed)
+        }
+        Err(e) => {
+            eprintln!("quarry: {e}\nquarry: showing the grid with nothing running");
+            StackState {
+                name: stack.name.clone(),
+                nodes: BTreeMap::new(),
+            }
+        }
+    };
+    let plan = build::plan(&Inputs {
+        stack: &stack,
+        current: &current,
+        global_env: &BTreeMap::new(),
+    });
+    let memory = super::local_memory().unwrap_or(1 << 30);
+    let mut grid = Grid::new(GridOptions {
+        min: 1,
+        max: 1,
+        autosize: false,
+        block_size: memory,
+        max_block_size: memory,
+    });
+    grid.add_block(ServerId::local(), memory, &[])?;
+    let new_slices: Vec<_> = plan
+        .slices_to_place(&stack)
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
+    // What runs now and stays: the kept replicas, with their slices.
+    for spec in plan
+        .desired
+        .iter()
+        .filter(|c| c.placement.is_some())
+        .map(|c| quarry_node::types::SliceSpec {
+            id: c.slice.clone(),
+            memory: c.memory,
+            tags: Vec::new(),
+            group: format!("{}.{}", c.stack, c.node),
+            pinned: c.kind == quarry_node::types::Kind::Service,
+        })
+    {
+        grid.place(spec)?;
+    }
+    let dry = grid.dry_run(&plan.slices_to_place(&stack));
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "grid": grid.state(),
+                "new_slices": new_slices,
+                "dry_run": dry.grid.state(),
+            }))?
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "Grid of stack {:?} on this machine (running now):\n",
+        stack.name
+    );
+    println!("{}", grid.picture());
+    if dry.placements.is_empty() {
+        println!("The plan places nothing new.");
+    } else {
+        println!("Dry run of the plan (where new replicas would go):\n");
+        print!("{dry}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
