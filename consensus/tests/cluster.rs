@@ -267,3 +267,36 @@ async fn proposal_at_a_follower_is_refused_with_the_leader_hint() {
         })
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn proposal_that_cannot_commit_in_time_fails_with_timeout() {
+    let c = Cluster::with_config(
+        3,
+        9,
+        Arc::new(|cfg| cfg.request_timeout = Duration::from_millis(300)),
+    );
+    let leader = c.wait_for_leader(SECS(10)).await;
+    c.net.isolate(leader);
+    // Within 300 ms the leader has not yet noticed it lost its quorum (that takes over one
+    // election timeout), so the proposal sits uncommitted until its deadline.
+    let r = c
+        .handle(leader)
+        .propose(KvCommand::Put { key: 1, value: 1 })
+        .await;
+    assert_eq!(r, Err(ClientError::Timeout));
+}
+
+#[tokio::test(start_paused = true)]
+async fn read_at_a_follower_sees_every_acknowledged_write() {
+    let c = Cluster::new(3, 10);
+    let leader = c.wait_for_leader(SECS(10)).await;
+    let follower = if leader == 1 { 2 } else { 1 };
+    for i in 0..5 {
+        c.put(1, i + 1, 7, i).await.expect("write acknowledged");
+        let v = c
+            .handle(follower)
+            .read(|kv: &Kv| kv.map.get(&7).copied())
+            .await;
+        assert_eq!(v, Ok(Some(i)), "a read right after write {i} missed it");
+    }
+}
