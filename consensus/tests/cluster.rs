@@ -300,3 +300,21 @@ async fn read_at_a_follower_sees_every_acknowledged_write() {
         assert_eq!(v, Ok(Some(i)), "a read right after write {i} missed it");
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn isolated_follower_does_not_disrupt_the_leader_on_return_with_pre_vote() {
+    let c = Cluster::new(3, 11);
+    let leader = c.wait_for_leader(SECS(10)).await;
+    let follower = if leader == 1 { 2 } else { 1 };
+    let term = c.handle(leader).status().await.unwrap().term;
+    c.net.isolate(follower);
+    tokio::time::sleep(SECS(10)).await;
+    let st = c.handle(follower).status().await.unwrap();
+    assert_eq!(st.term, term, "the isolated follower raised its term");
+    assert_ne!(st.role, Role::Leader);
+    c.net.heal();
+    c.put(1, 1, 1, 1).await.expect("write after heal");
+    let after = c.wait_for_leader(SECS(10)).await;
+    assert_eq!(after, leader, "the returning follower deposed the leader");
+    assert_eq!(c.handle(leader).status().await.unwrap().term, term);
+}
