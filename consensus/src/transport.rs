@@ -4,7 +4,7 @@
 //! block (a slow or dead peer must never stall the loop), so an implementation queues,
 //! drops, or both. Delivery is unreliable by contract; Raft retries what matters. Inbound
 //! traffic reaches the node as [`Inbound`] values on the channel given to
-//! [`crate::Node::start`], together with the feedback raft-rs wants from a transport: that a
+//! [`crate::start`], together with the feedback raft-rs wants from a transport: that a
 //! peer is unreachable, and whether a snapshot reached its peer.
 //!
 //! This leaves room for the TCP transport: a message of type `MsgSnapshot` can be routed to a
