@@ -1,0 +1,146 @@
+//! Every byte format the crate writes, in one place.
+//!
+//! Two encodings meet here. Raft's own records (entries, hard state, conf state, snapshot
+//! metadata, messages) are protobuf, because that is what raft-rs speaks. Our records (the
+//! proposal envelope inside an entry, the replicated snapshot, state-machine commands and
+//! outputs) are bincode 2 (`config::standard()`, varint), kept behind [`encode`] and
+//! [`decode`] so that the day bincode is replaced only this file changes. Every decode is
+//! size-limited, because some of these bytes come from the network.
+//!
+//! Versioning: our records start with a format byte ([`FORMAT_V1`]); a node that meets a
+//! format it does not know refuses it loudly instead of guessing. State-machine command enums
+//! are encoded by variant position, so a machine may add variants at the end, never reorder.
+
+use raft::eraftpb::{Entry, HardState, Message, SnapshotMetadata};
+use serde::{de::DeserializeOwned, Serialize};
+
+/// The first (and so far only) format of our own records.
+pub const FORMAT_V1: u8 = 1;
+
+/// The largest record [`decode`] accepts (64 MiB): a snapshot of the cluster state stays far
+/// below it; anything bigger is a bug or an attack.
+pub const MAX_RECORD: usize = 64 << 20;
+
+type Config = bincode::config::Configuration<
+    bincode::config::LittleEndian,
+    bincode::config::Varint,
+    bincode::config::Limit<MAX_RECORD>,
+>;
+
+fn config() -> Config {
+    bincode::config::standard().with_limit::<MAX_RECORD>()
+}
+
+/// A record that could not be encoded or decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    #[error("encode: {0}")]
+    Encode(String),
+    #[error("decode: {0}")]
+    Decode(String),
+    #[error("record format {found} is not known to this node (it knows {FORMAT_V1}): upgrade it")]
+    UnknownFormat { found: u8 },
+    #[error("empty record")]
+    Empty,
+    #[error("protobuf: {0}")]
+    Protobuf(#[from] protobuf::ProtobufError),
+}
+
+/// Encodes one of our records: the format byte, then bincode.
+pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
+    let mut out = vec![FORMAT_V1];
+    let body = bincode::serde::encode_to_vec(value, config())
+        .map_err(|e| CodecError::Encode(e.to_string()))?;
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+/// Decodes one of our records, checking its format byte and size.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    let (&format, body) = bytes.split_first().ok_or(CodecError::Empty)?;
+    if format != FORMAT_V1 {
+        return Err(CodecError::UnknownFormat { found: format });
+    }
+    let (value, used) = bincode::serde::decode_from_slice(body, config())
+        .map_err(|e| CodecError::Decode(e.to_string()))?;
+    if used != body.len() {
+        return Err(CodecError::Decode(format!(
+            "{} trailing bytes",
+            body.len() - used
+        )));
+    }
+    Ok(value)
+}
+
+/// Protobuf bytes of a raft record (entries, hard state, messages...).
+pub fn encode_pb<M: protobuf::Message>(m: &M) -> Result<Vec<u8>, CodecError> {
+    Ok(m.write_to_bytes()?)
+}
+
+fn decode_pb<M: protobuf::Message>(bytes: &[u8]) -> Result<M, CodecError> {
+    if bytes.len() > MAX_RECORD {
+        return Err(CodecError::Decode(format!(
+            "{} bytes is too big",
+            bytes.len()
+        )));
+    }
+    Ok(M::parse_from_bytes(bytes)?)
+}
+
+/// Decodes a raft message (the transport's payload).
+pub fn decode_message(bytes: &[u8]) -> Result<Message, CodecError> {
+    decode_pb(bytes)
+}
+
+pub(crate) fn decode_entry(bytes: &[u8]) -> Result<Entry, CodecError> {
+    decode_pb(bytes)
+}
+
+pub(crate) fn decode_hard_state(bytes: &[u8]) -> Result<HardState, CodecError> {
+    decode_pb(bytes)
+}
+
+pub(crate) fn decode_snapshot_metadata(bytes: &[u8]) -> Result<SnapshotMetadata, CodecError> {
+    decode_pb(bytes)
+}
+
+pub(crate) fn decode_conf_change(bytes: &[u8]) -> Result<raft::eraftpb::ConfChange, CodecError> {
+    decode_pb(bytes)
+}
+
+pub(crate) fn decode_conf_change_v2(
+    bytes: &[u8],
+) -> Result<raft::eraftpb::ConfChangeV2, CodecError> {
+    decode_pb(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_and_unknown_formats_are_refused() {
+        let v: (u64, String) = (7, "x".into());
+        let bytes = encode(&v).unwrap();
+        assert_eq!(decode::<(u64, String)>(&bytes).unwrap(), v);
+        let mut bad = bytes.clone();
+        bad[0] = 9;
+        assert!(matches!(
+            decode::<(u64, String)>(&bad),
+            Err(CodecError::UnknownFormat { found: 9 })
+        ));
+        assert!(decode::<(u64, String)>(&bytes[..bytes.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn raft_messages_round_trip_as_protobuf() {
+        let m = Message {
+            from: 1,
+            to: 2,
+            term: 3,
+            ..Default::default()
+        };
+        let b = encode_pb(&m).unwrap();
+        assert_eq!(decode_message(&b).unwrap(), m);
+    }
+}

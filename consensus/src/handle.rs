@@ -1,0 +1,159 @@
+//! The client side of a node: propose, read, status, shutdown.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::codec;
+use crate::machine::{IdempotencyKey, Proposal, StateMachine};
+use crate::ClientError;
+
+/// A read, run by the owner task against the applied state (or told why it cannot be).
+pub(crate) type ReadFn<S> = Box<dyn FnOnce(Result<&S, ClientError>) + Send>;
+
+pub(crate) enum Request<S: StateMachine> {
+    Propose {
+        data: Vec<u8>,
+        reply: oneshot::Sender<Result<S::Output, ClientError>>,
+    },
+    Read {
+        f: ReadFn<S>,
+    },
+    Status {
+        reply: oneshot::Sender<Status>,
+    },
+    Shutdown {
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// A node's Raft role.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    Follower,
+    PreCandidate,
+    Candidate,
+    Leader,
+}
+
+/// What a node knows about itself and the cluster.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    pub id: u64,
+    pub role: Role,
+    pub leader: Option<u64>,
+    pub term: u64,
+    pub commit: u64,
+    pub applied: u64,
+    pub voters: Vec<u64>,
+    pub learners: Vec<u64>,
+}
+
+/// A cheap, cloneable handle on a running node.
+pub struct Handle<S: StateMachine> {
+    id: u64,
+    tx: mpsc::Sender<Request<S>>,
+    /// A backstop above the node's own request timeout.
+    wait: Duration,
+}
+
+impl<S: StateMachine> Clone for Handle<S> {
+    fn clone(&self) -> Self {
+        Handle {
+            id: self.id,
+            tx: self.tx.clone(),
+            wait: self.wait,
+        }
+    }
+}
+
+impl<S: StateMachine> fmt::Debug for Handle<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Handle").field("id", &self.id).finish()
+    }
+}
+
+impl<S: StateMachine> Handle<S> {
+    pub(crate) fn new(id: u64, tx: mpsc::Sender<Request<S>>, wait: Duration) -> Self {
+        Handle { id, tx, wait }
+    }
+
+    /// The node's id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    async fn ask<R>(
+        &self,
+        req: Request<S>,
+        rx: oneshot::Receiver<Result<R, ClientError>>,
+    ) -> Result<R, ClientError> {
+        self.tx.send(req).await.map_err(|_| ClientError::Stopped)?;
+        match tokio::time::timeout(self.wait, rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(ClientError::Stopped),
+            Err(_) => Err(ClientError::Timeout),
+        }
+    }
+
+    /// Proposes `command`; resolves with its output once applied on this node (the leader).
+    pub async fn propose(&self, command: S::Command) -> Result<S::Output, ClientError> {
+        self.submit(None, command).await
+    }
+
+    /// Like [`Handle::propose`], but a retry with the same key applies at most once.
+    pub async fn propose_with_key(
+        &self,
+        key: IdempotencyKey,
+        command: S::Command,
+    ) -> Result<S::Output, ClientError> {
+        self.submit(Some(key), command).await
+    }
+
+    async fn submit(
+        &self,
+        key: Option<IdempotencyKey>,
+        command: S::Command,
+    ) -> Result<S::Output, ClientError> {
+        let data = codec::encode(&Proposal { key, command })
+            .map_err(|e| ClientError::Encode(e.to_string()))?;
+        let (reply, rx) = oneshot::channel();
+        self.ask(Request::Propose { data, reply }, rx).await
+    }
+
+    /// A linearizable read: `f` runs on the state once it reflects every write acknowledged
+    /// before this call (ReadIndex).
+    pub async fn read<R, F>(&self, f: F) -> Result<R, ClientError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&S) -> R + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let f: ReadFn<S> = Box::new(move |state| {
+            let _ = tx.send(state.map(f));
+        });
+        self.ask(Request::Read { f }, rx).await
+    }
+
+    /// The node's status.
+    pub async fn status(&self) -> Result<Status, ClientError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Request::Status { reply })
+            .await
+            .map_err(|_| ClientError::Stopped)?;
+        rx.await.map_err(|_| ClientError::Stopped)
+    }
+
+    /// Writes what is only in memory and stops the node.
+    pub async fn shutdown(&self) -> Result<(), ClientError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Request::Shutdown { reply })
+            .await
+            .map_err(|_| ClientError::Stopped)?;
+        rx.await.map_err(|_| ClientError::Stopped)
+    }
+}

@@ -1,0 +1,575 @@
+//! Durable Raft storage on redb: the log, the hard state, the snapshot, the applied index.
+//!
+//! # Layout
+//!
+//! One redb file, two tables. `entries` maps a log index to the protobuf bytes of that entry.
+//! `meta` holds the hard state (term, vote, commit), the metadata of the latest snapshot (its
+//! index, term and `ConfState`), the snapshot's data, and the applied index.
+//!
+//! # Invariants (checked when the file is opened; a violation refuses to start)
+//!
+//! 1. The log is contiguous: it holds exactly the indexes `snapshot.index + 1 ..= last`.
+//! 2. `snapshot.index <= hard_state.commit <= last`: the hard state never points past the log.
+//!    This is the invariant a crash between "write hard state" and "write entries" breaks, and
+//!    the reason [`RedbStorage::persist_ready`] writes the `Ready`'s snapshot, entries and hard
+//!    state in **one** write transaction, fsynced (`Durability::Immediate`) before it returns.
+//! 3. The conf state stored is the one at the snapshot's index. On restart the node restores
+//!    the state machine from the snapshot and raft-rs replays the committed entries after it,
+//!    conf changes included, so everything above the snapshot is rebuilt from the log.
+//!
+//! The commit index learnt from a `LightReady` and the applied index are kept in memory and
+//! written with the next write (or by [`RedbStorage::flush`]). Losing them in a crash is safe:
+//! a restarted node re-learns its commit index from the leader and re-applies from its snapshot.
+//!
+//! # Fault injection
+//!
+//! [`StorageOptions::crash_hook`] is asked before and after each commit whether to "crash"
+//! there: the write returns [`StoreError::InjectedCrash`] and the node stops as a process would.
+//! [`StorageOptions::unsafe_hard_state_first`] is broken on purpose (hard state in its own
+//! transaction before the entries); it exists so the crash tests can show they catch it.
+//!
+//! Left out: an in-memory entry cache (each read opens a read transaction; terms are cached),
+//! and snapshot data larger than memory (the snapshot is one value; chunked streaming is the
+//! network issue's work).
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
+use raft::{GetEntriesContext, RaftState, Storage};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+use crate::codec::{self, CodecError};
+
+const ENTRIES: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("entries");
+const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta");
+const K_HARD_STATE: &str = "hard_state";
+const K_SNAP_META: &str = "snapshot_meta";
+const K_SNAP_DATA: &str = "snapshot_data";
+const K_APPLIED: &str = "applied";
+
+/// A storage failure. Every one of them stops the node: the disk is the node's memory.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage engine: {0}")]
+    Engine(#[from] redb::Error),
+    #[error("codec: {0}")]
+    Codec(#[from] CodecError),
+    #[error("raft storage at {path} is inconsistent: {what}")]
+    Corrupt { path: PathBuf, what: String },
+    #[error("injected crash at write {seq} ({stage:?})")]
+    InjectedCrash { seq: u64, stage: CrashStage },
+}
+
+fn engine<E: Into<redb::Error>>(e: E) -> StoreError {
+    StoreError::Engine(e.into())
+}
+
+fn other(e: StoreError) -> raft::Error {
+    raft::Error::Store(raft::StorageError::Other(Box::new(e)))
+}
+
+/// Where in a write a crash is injected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CrashStage {
+    /// Everything prepared, nothing committed.
+    BeforeCommit,
+    /// Only with `unsafe_hard_state_first`: hard state committed, entries not yet.
+    Between,
+    /// Committed and fsynced, not yet reported back.
+    AfterCommit,
+}
+
+/// What a write is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteKind {
+    /// A `Ready`: snapshot, entries and hard state.
+    Ready,
+    /// A local snapshot that compacts the log.
+    Compact,
+    /// Commit/applied indexes only.
+    Flush,
+}
+
+/// Describes the write a crash hook is asked about.
+#[derive(Clone, Debug)]
+pub struct WritePoint {
+    /// Writes since this storage was opened, from 1.
+    pub seq: u64,
+    pub stage: CrashStage,
+    pub kind: WriteKind,
+    /// First and last index of the entries written, if any.
+    pub entries: Option<(u64, u64)>,
+    /// Whether a received snapshot is part of the write.
+    pub snapshot: bool,
+    /// The commit index the write stores.
+    pub commit: u64,
+    /// The last log index before the write.
+    pub last_index_before: u64,
+}
+
+/// Asked at each [`WritePoint`]; `true` crashes there.
+pub type CrashHook = Arc<dyn Fn(&WritePoint) -> bool + Send + Sync>;
+
+/// Options of a [`RedbStorage`]; the defaults are the correct ones.
+#[derive(Clone, Default)]
+pub struct StorageOptions {
+    pub crash_hook: Option<CrashHook>,
+    /// BROKEN ON PURPOSE: write the hard state in its own transaction before the entries.
+    /// Only for the crash-safety negative control.
+    pub unsafe_hard_state_first: bool,
+}
+
+impl fmt::Debug for StorageOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StorageOptions")
+            .field("crash_hook", &self.crash_hook.is_some())
+            .field("unsafe_hard_state_first", &self.unsafe_hard_state_first)
+            .finish()
+    }
+}
+
+/// raft-rs [`Storage`] on a redb file.
+pub struct RedbStorage {
+    db: Database,
+    path: PathBuf,
+    /// The hard state; its commit may be ahead of the file (see the module docs).
+    hs: HardState,
+    snap_meta: SnapshotMetadata,
+    /// `terms[i]` is the term of entry `snap_meta.index + 1 + i`.
+    terms: VecDeque<u64>,
+    applied: u64,
+    dirty: bool,
+    opts: StorageOptions,
+    seq: u64,
+}
+
+impl fmt::Debug for RedbStorage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedbStorage")
+            .field("path", &self.path)
+            .field("hard_state", &self.hs)
+            .field("snapshot_index", &self.snap_meta.index)
+            .field("last_index", &self.last())
+            .finish()
+    }
+}
+
+impl RedbStorage {
+    /// Opens (or creates, with `voters` as the first configuration) the storage at `path`,
+    /// checking the invariants of the module docs.
+    pub fn open(path: &Path, voters: &[u64], opts: StorageOptions) -> Result<Self, StoreError> {
+        let db = Database::create(path).map_err(engine)?;
+        let txn = db.begin_write().map_err(engine)?;
+        {
+            txn.open_table(ENTRIES).map_err(engine)?;
+            let mut meta = txn.open_table(META).map_err(engine)?;
+            if meta.get(K_SNAP_META).map_err(engine)?.is_none() {
+                let mut sm = SnapshotMetadata::default();
+                sm.mut_conf_state().set_voters(voters.to_vec());
+                let smb = codec::encode_pb(&sm)?;
+                let hsb = codec::encode_pb(&HardState::default())?;
+                meta.insert(K_SNAP_META, smb.as_slice()).map_err(engine)?;
+                meta.insert(K_HARD_STATE, hsb.as_slice()).map_err(engine)?;
+                meta.insert(K_SNAP_DATA, &[][..]).map_err(engine)?;
+            }
+        }
+        txn.commit().map_err(engine)?;
+
+        let read = db.begin_read().map_err(engine)?;
+        let meta = read.open_table(META).map_err(engine)?;
+        let get = |k: &str| -> Result<Vec<u8>, StoreError> {
+            Ok(meta
+                .get(k)
+                .map_err(engine)?
+                .map(|v| v.value().to_vec())
+                .unwrap_or_default())
+        };
+        let hs = codec::decode_hard_state(&get(K_HARD_STATE)?)?;
+        let snap_meta = codec::decode_snapshot_metadata(&get(K_SNAP_META)?)?;
+        let applied = get(K_APPLIED)?
+            .try_into()
+            .map(u64::from_be_bytes)
+            .unwrap_or(snap_meta.index);
+        let entries = read.open_table(ENTRIES).map_err(engine)?;
+        let mut terms = VecDeque::new();
+        let corrupt = |what: String| StoreError::Corrupt {
+            path: path.to_path_buf(),
+            what,
+        };
+        for row in entries.range::<u64>(..).map_err(engine)? {
+            let (k, v) = row.map_err(engine)?;
+            let want = snap_meta.index + 1 + terms.len() as u64;
+            if k.value() != want {
+                return Err(corrupt(format!(
+                    "log not contiguous: found index {} where {want} was expected",
+                    k.value()
+                )));
+            }
+            terms.push_back(codec::decode_entry(v.value())?.term);
+        }
+        drop((meta, entries, read));
+        let store = RedbStorage {
+            db,
+            path: path.to_path_buf(),
+            hs,
+            snap_meta,
+            terms,
+            applied,
+            dirty: false,
+            opts,
+            seq: 0,
+        };
+        if store.hs.commit > store.last() {
+            return Err(corrupt(format!(
+                "hard state commit {} points past the last log index {}",
+                store.hs.commit,
+                store.last()
+            )));
+        }
+        if store.hs.commit < store.snap_meta.index {
+            return Err(corrupt(format!(
+                "hard state commit {} is below the snapshot index {}",
+                store.hs.commit, store.snap_meta.index
+            )));
+        }
+        Ok(store)
+    }
+
+    fn first(&self) -> u64 {
+        self.snap_meta.index + 1
+    }
+
+    fn last(&self) -> u64 {
+        self.snap_meta.index + self.terms.len() as u64
+    }
+
+    /// The hard state (commit possibly ahead of the file, see the module docs).
+    pub fn hard_state(&self) -> &HardState {
+        &self.hs
+    }
+
+    /// The metadata of the latest snapshot (index 0 before any).
+    pub fn snapshot_metadata(&self) -> &SnapshotMetadata {
+        &self.snap_meta
+    }
+
+    /// The applied index last written to the file.
+    pub fn applied(&self) -> u64 {
+        self.applied
+    }
+
+    /// The latest snapshot, data included.
+    pub fn load_snapshot(&self) -> Result<Snapshot, StoreError> {
+        let read = self.db.begin_read().map_err(engine)?;
+        let meta = read.open_table(META).map_err(engine)?;
+        let data = meta
+            .get(K_SNAP_DATA)
+            .map_err(engine)?
+            .map(|v| v.value().to_vec())
+            .unwrap_or_default();
+        let mut s = Snapshot::default();
+        s.set_metadata(self.snap_meta.clone());
+        s.data = data.into();
+        Ok(s)
+    }
+
+    /// Records the commit index of a `LightReady`; written with the next write.
+    pub fn set_commit(&mut self, commit: u64) {
+        if commit > self.hs.commit {
+            self.hs.commit = commit;
+            self.dirty = true;
+        }
+    }
+
+    /// Records the applied index; written with the next write.
+    pub fn set_applied(&mut self, applied: u64) {
+        if applied != self.applied {
+            self.applied = applied;
+            self.dirty = true;
+        }
+    }
+
+    fn crash(&self, mut point: WritePoint, stage: CrashStage) -> Result<(), StoreError> {
+        point.stage = stage;
+        match &self.opts.crash_hook {
+            Some(hook) if hook(&point) => Err(StoreError::InjectedCrash {
+                seq: point.seq,
+                stage,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Persists one `Ready`: a received snapshot, new entries and the hard state, in one
+    /// fsynced transaction. Returns only once all of it is durable.
+    pub fn persist_ready(
+        &mut self,
+        snapshot: Option<&Snapshot>,
+        entries: &[Entry],
+        hs: Option<&HardState>,
+    ) -> Result<(), StoreError> {
+        self.seq += 1;
+        if let Some(e) = entries.first() {
+            let floor = snapshot.map_or(self.first(), |s| s.get_metadata().index + 1);
+            let ceiling = snapshot.map_or(self.last() + 1, |s| s.get_metadata().index + 1);
+            if e.index < floor || e.index > ceiling {
+                return Err(StoreError::Corrupt {
+                    path: self.path.clone(),
+                    what: format!("append at {} outside the log [{floor}, {ceiling}]", e.index),
+                });
+            }
+        }
+        let mut new_hs = hs.cloned().unwrap_or_else(|| self.hs.clone());
+        new_hs.commit = new_hs.commit.max(self.hs.commit);
+        if let Some(s) = snapshot {
+            let m = s.get_metadata();
+            new_hs.term = new_hs.term.max(m.term);
+            new_hs.commit = new_hs.commit.max(m.index);
+        }
+        let point = WritePoint {
+            seq: self.seq,
+            stage: CrashStage::BeforeCommit,
+            kind: WriteKind::Ready,
+            entries: entries
+                .first()
+                .zip(entries.last())
+                .map(|(a, b)| (a.index, b.index)),
+            snapshot: snapshot.is_some(),
+            commit: new_hs.commit,
+            last_index_before: self.last(),
+        };
+        if self.opts.unsafe_hard_state_first {
+            let txn = self.db.begin_write().map_err(engine)?;
+            self.write_hard_state(&txn, &new_hs)?;
+            txn.commit().map_err(engine)?;
+            self.crash(point.clone(), CrashStage::Between)?;
+            let txn = self.db.begin_write().map_err(engine)?;
+            self.write_log(&txn, snapshot, entries)?;
+            self.crash(point.clone(), CrashStage::BeforeCommit)?;
+            txn.commit().map_err(engine)?;
+        } else {
+            let txn = self.db.begin_write().map_err(engine)?;
+            self.write_log(&txn, snapshot, entries)?;
+            self.write_hard_state(&txn, &new_hs)?;
+            self.crash(point.clone(), CrashStage::BeforeCommit)?;
+            txn.commit().map_err(engine)?;
+        }
+        if let Some(s) = snapshot {
+            self.snap_meta = s.get_metadata().clone();
+            self.terms.clear();
+        }
+        if let Some(e) = entries.first() {
+            let keep = (e.index - self.first()) as usize;
+            self.terms.truncate(keep);
+            self.terms.extend(entries.iter().map(|e| e.term));
+        }
+        self.hs = new_hs;
+        self.dirty = false;
+        self.crash(point, CrashStage::AfterCommit)
+    }
+
+    fn write_hard_state(
+        &self,
+        txn: &redb::WriteTransaction,
+        hs: &HardState,
+    ) -> Result<(), StoreError> {
+        let mut meta = txn.open_table(META).map_err(engine)?;
+        let hsb = codec::encode_pb(hs)?;
+        meta.insert(K_HARD_STATE, hsb.as_slice()).map_err(engine)?;
+        meta.insert(K_APPLIED, &self.applied.to_be_bytes()[..])
+            .map_err(engine)?;
+        Ok(())
+    }
+
+    fn write_log(
+        &self,
+        txn: &redb::WriteTransaction,
+        snapshot: Option<&Snapshot>,
+        entries: &[Entry],
+    ) -> Result<(), StoreError> {
+        let mut table = txn.open_table(ENTRIES).map_err(engine)?;
+        if let Some(s) = snapshot {
+            table.retain(|_, _| false).map_err(engine)?;
+            let mut meta = txn.open_table(META).map_err(engine)?;
+            let smb = codec::encode_pb(s.get_metadata())?;
+            meta.insert(K_SNAP_META, smb.as_slice()).map_err(engine)?;
+            meta.insert(K_SNAP_DATA, &s.data[..]).map_err(engine)?;
+        }
+        if let Some(first) = entries.first() {
+            table
+                .retain_in(first.index.., |_, _| false)
+                .map_err(engine)?;
+            for e in entries {
+                let b = codec::encode_pb(e)?;
+                table.insert(e.index, b.as_slice()).map_err(engine)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the in-memory commit and applied indexes if they changed.
+    pub fn flush(&mut self) -> Result<(), StoreError> {
+        if !self.dirty {
+            return Ok(());
+        }
+        self.seq += 1;
+        let point = WritePoint {
+            seq: self.seq,
+            stage: CrashStage::BeforeCommit,
+            kind: WriteKind::Flush,
+            entries: None,
+            snapshot: false,
+            commit: self.hs.commit,
+            last_index_before: self.last(),
+        };
+        let txn = self.db.begin_write().map_err(engine)?;
+        self.write_hard_state(&txn, &self.hs)?;
+        self.crash(point.clone(), CrashStage::BeforeCommit)?;
+        txn.commit().map_err(engine)?;
+        self.dirty = false;
+        self.crash(point, CrashStage::AfterCommit)
+    }
+
+    /// Stores a snapshot of the state machine at `index` (which must be applied) and drops
+    /// the log up to it, in one transaction.
+    pub fn compact(
+        &mut self,
+        index: u64,
+        conf_state: ConfState,
+        data: Vec<u8>,
+    ) -> Result<(), StoreError> {
+        if index <= self.snap_meta.index {
+            return Ok(());
+        }
+        if index > self.last() || index > self.hs.commit {
+            return Err(StoreError::Corrupt {
+                path: self.path.clone(),
+                what: format!(
+                    "compaction to {index} past commit {} / last {}",
+                    self.hs.commit,
+                    self.last()
+                ),
+            });
+        }
+        self.seq += 1;
+        let term = self.terms[(index - self.first()) as usize];
+        let mut meta = SnapshotMetadata {
+            index,
+            term,
+            ..Default::default()
+        };
+        meta.set_conf_state(conf_state);
+        let point = WritePoint {
+            seq: self.seq,
+            stage: CrashStage::BeforeCommit,
+            kind: WriteKind::Compact,
+            entries: None,
+            snapshot: false,
+            commit: self.hs.commit,
+            last_index_before: self.last(),
+        };
+        let txn = self.db.begin_write().map_err(engine)?;
+        {
+            let mut m = txn.open_table(META).map_err(engine)?;
+            let smb = codec::encode_pb(&meta)?;
+            m.insert(K_SNAP_META, smb.as_slice()).map_err(engine)?;
+            m.insert(K_SNAP_DATA, data.as_slice()).map_err(engine)?;
+            let mut t = txn.open_table(ENTRIES).map_err(engine)?;
+            t.retain_in(..=index, |_, _| false).map_err(engine)?;
+        }
+        self.write_hard_state(&txn, &self.hs)?;
+        self.crash(point.clone(), CrashStage::BeforeCommit)?;
+        txn.commit().map_err(engine)?;
+        let drop_n = (index - self.snap_meta.index) as usize;
+        self.terms.drain(..drop_n);
+        self.snap_meta = meta;
+        self.dirty = false;
+        self.crash(point, CrashStage::AfterCommit)
+    }
+
+    fn read_entries(
+        &self,
+        low: u64,
+        high: u64,
+        max: Option<u64>,
+    ) -> Result<Vec<Entry>, StoreError> {
+        let read = self.db.begin_read().map_err(engine)?;
+        let table = read.open_table(ENTRIES).map_err(engine)?;
+        let mut out = Vec::new();
+        let mut size = 0u64;
+        for row in table.range(low..high).map_err(engine)? {
+            let (_, v) = row.map_err(engine)?;
+            let bytes = v.value();
+            size += bytes.len() as u64;
+            if !out.is_empty() && max.is_some_and(|m| size > m) {
+                break;
+            }
+            out.push(codec::decode_entry(bytes)?);
+        }
+        Ok(out)
+    }
+}
+
+impl Storage for RedbStorage {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        Ok(RaftState::new(
+            self.hs.clone(),
+            self.snap_meta.get_conf_state().clone(),
+        ))
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        if low < self.first() {
+            return Err(raft::Error::Store(raft::StorageError::Compacted));
+        }
+        if high > self.last() + 1 {
+            return Err(raft::Error::Store(raft::StorageError::Unavailable));
+        }
+        let out = self
+            .read_entries(low, high, max_size.into())
+            .map_err(other)?;
+        if out.is_empty() && high > low {
+            return Err(raft::Error::Store(raft::StorageError::Unavailable));
+        }
+        Ok(out)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        if idx == self.snap_meta.index {
+            return Ok(self.snap_meta.term);
+        }
+        if idx < self.first() {
+            return Err(raft::Error::Store(raft::StorageError::Compacted));
+        }
+        if idx > self.last() {
+            return Err(raft::Error::Store(raft::StorageError::Unavailable));
+        }
+        Ok(self.terms[(idx - self.first()) as usize])
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.first())
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.last())
+    }
+
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        if self.snap_meta.index < request_index {
+            return Err(raft::Error::Store(
+                raft::StorageError::SnapshotTemporarilyUnavailable,
+            ));
+        }
+        self.load_snapshot().map_err(other)
+    }
+}

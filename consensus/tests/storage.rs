@@ -1,0 +1,144 @@
+//! The redb storage on its own: what survives a reopen, and what a crash leaves behind.
+
+use std::sync::Arc;
+
+use quarry_consensus::storage::{CrashStage, RedbStorage, StorageOptions, StoreError};
+use raft::eraftpb::{ConfState, Entry, HardState};
+use raft::{GetEntriesContext, Storage};
+
+fn entry(index: u64, term: u64) -> Entry {
+    Entry {
+        index,
+        term,
+        data: format!("e{index}t{term}").into_bytes().into(),
+        ..Default::default()
+    }
+}
+
+fn hs(term: u64, commit: u64) -> HardState {
+    HardState {
+        term,
+        vote: 1,
+        commit,
+        ..Default::default()
+    }
+}
+
+fn ents(s: &RedbStorage, lo: u64, hi: u64) -> Vec<Entry> {
+    s.entries(lo, hi, None, GetEntriesContext::empty(false))
+        .unwrap()
+}
+
+#[test]
+fn reopen_restores_log_hard_state_and_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("raft.redb");
+    {
+        let mut s = RedbStorage::open(&path, &[1, 2, 3], StorageOptions::default()).unwrap();
+        let init = s.initial_state().unwrap();
+        assert_eq!(init.conf_state.voters, vec![1, 2, 3]);
+        assert_eq!((s.first_index().unwrap(), s.last_index().unwrap()), (1, 0));
+        let batch: Vec<Entry> = (1..=6).map(|i| entry(i, 1)).collect();
+        s.persist_ready(None, &batch, Some(&hs(1, 5))).unwrap();
+        s.set_applied(5);
+        let cs = ConfState {
+            voters: vec![1, 2, 3],
+            ..Default::default()
+        };
+        s.compact(4, cs, b"machine at 4".to_vec()).unwrap();
+    }
+    let s = RedbStorage::open(&path, &[9], StorageOptions::default()).unwrap();
+    assert_eq!(s.hard_state(), &hs(1, 5));
+    assert_eq!((s.first_index().unwrap(), s.last_index().unwrap()), (5, 6));
+    assert_eq!(s.term(4).unwrap(), 1);
+    assert!(s.term(3).is_err(), "compacted entries must be gone");
+    assert_eq!(ents(&s, 5, 7), vec![entry(5, 1), entry(6, 1)]);
+    let snap = s.snapshot(0, 2).unwrap();
+    assert_eq!(snap.get_metadata().index, 4);
+    assert_eq!(&snap.data[..], b"machine at 4");
+    assert_eq!(s.initial_state().unwrap().conf_state.voters, vec![1, 2, 3]);
+    assert_eq!(s.applied(), 5);
+}
+
+#[test]
+fn append_replaces_the_conflicting_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("raft.redb");
+    let mut s = RedbStorage::open(&path, &[1], StorageOptions::default()).unwrap();
+    let batch: Vec<Entry> = (1..=5).map(|i| entry(i, 1)).collect();
+    s.persist_ready(None, &batch, Some(&hs(1, 2))).unwrap();
+    s.persist_ready(None, &[entry(3, 2)], Some(&hs(2, 2)))
+        .unwrap();
+    drop(s);
+    let s = RedbStorage::open(&path, &[1], StorageOptions::default()).unwrap();
+    assert_eq!(s.last_index().unwrap(), 3);
+    assert_eq!(ents(&s, 1, 4), vec![entry(1, 1), entry(2, 1), entry(3, 2)]);
+}
+
+#[test]
+fn received_snapshot_replaces_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("raft.redb");
+    let mut s = RedbStorage::open(&path, &[1, 2], StorageOptions::default()).unwrap();
+    let batch: Vec<Entry> = (1..=3).map(|i| entry(i, 1)).collect();
+    s.persist_ready(None, &batch, Some(&hs(1, 3))).unwrap();
+    let mut snap = raft::eraftpb::Snapshot::default();
+    snap.mut_metadata().index = 10;
+    snap.mut_metadata().term = 2;
+    snap.mut_metadata().mut_conf_state().voters = vec![1, 2];
+    snap.data = b"s10".to_vec().into();
+    s.persist_ready(Some(&snap), &[entry(11, 2)], None).unwrap();
+    drop(s);
+    let s = RedbStorage::open(&path, &[1, 2], StorageOptions::default()).unwrap();
+    assert_eq!(
+        (s.first_index().unwrap(), s.last_index().unwrap()),
+        (11, 11)
+    );
+    assert_eq!(s.hard_state().commit, 10);
+    assert_eq!(s.hard_state().term, 2);
+    assert_eq!(&s.load_snapshot().unwrap().data[..], b"s10");
+}
+
+fn crash_at(stage: CrashStage, seq: u64, hs_first: bool) -> StorageOptions {
+    StorageOptions {
+        crash_hook: Some(Arc::new(move |p| p.stage == stage && p.seq == seq)),
+        unsafe_hard_state_first: hs_first,
+    }
+}
+
+#[test]
+fn crash_before_commit_leaves_the_previous_state_and_after_commit_the_new_one() {
+    for (stage, want_last) in [(CrashStage::BeforeCommit, 2), (CrashStage::AfterCommit, 4)] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raft.redb");
+        let mut s = RedbStorage::open(&path, &[1], crash_at(stage, 2, false)).unwrap();
+        s.persist_ready(None, &[entry(1, 1), entry(2, 1)], Some(&hs(1, 1)))
+            .unwrap();
+        let r = s.persist_ready(None, &[entry(3, 1), entry(4, 1)], Some(&hs(1, 4)));
+        assert!(
+            matches!(r, Err(StoreError::InjectedCrash { seq: 2, .. })),
+            "{r:?}"
+        );
+        drop(s);
+        let s = RedbStorage::open(&path, &[1], StorageOptions::default()).unwrap();
+        assert_eq!(s.last_index().unwrap(), want_last, "{stage:?}");
+        assert!(s.hard_state().commit <= want_last);
+    }
+}
+
+/// Negative control at the storage level: hard state first, crash in between, and the open
+/// refuses a hard state that points past the log.
+#[test]
+fn hard_state_written_before_entries_is_refused_on_open_after_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("raft.redb");
+    let mut s = RedbStorage::open(&path, &[1], crash_at(CrashStage::Between, 1, true)).unwrap();
+    let r = s.persist_ready(None, &[entry(1, 1), entry(2, 1)], Some(&hs(1, 2)));
+    assert!(matches!(r, Err(StoreError::InjectedCrash { .. })), "{r:?}");
+    drop(s);
+    let r = RedbStorage::open(&path, &[1], StorageOptions::default());
+    match r {
+        Err(StoreError::Corrupt { what, .. }) => assert!(what.contains("points past"), "{what}"),
+        other => panic!("a hard state past the log was accepted: {other:?}"),
+    }
+}
