@@ -12,12 +12,14 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
-use quarry_node::docker::ObservedContainer;
+use quarry_node::docker::{self, Engine, ObservedContainer};
 use quarry_node::health;
+use quarry_node::reconcile;
 use quarry_node::reconcile::converge::target_of_observed;
 use quarry_node::reconcile::RunState;
 use quarry_node::router::Nginx;
 use quarry_node::spec::{self, Diagnostic, DirFacts, LoadError, StackFile};
+use quarry_node::types::{ServerId, StackState};
 use serde::Serialize;
 
 /// The default address of a stack's router.
@@ -81,6 +83,28 @@ pub fn load(dir: &Path) -> Result<(StackFile, Vec<Diagnostic>), LoadError> {
         })
         .unwrap_or_else(|| "stack".to_owned());
     spec::load_with(dir, &default_name, &facts)
+}
+
+/// What the local Docker runs of `stack`, read back from its containers' labels; nothing
+/// running (said on stderr) when Docker cannot be reached, for commands that only show.
+pub async fn current_state_or_nothing(stack: &str) -> anyhow::Result<StackState> {
+    match Engine::connect().await {
+        Ok(engine) => {
+            let observed = docker::observe(&engine, stack).await?;
+            Ok(reconcile::current_state(
+                stack,
+                &ServerId::local(),
+                &observed,
+            ))
+        }
+        Err(e) => {
+            eprintln!("quarry: {e}\nquarry: going on as if nothing of {stack:?} ran");
+            Ok(StackState {
+                name: stack.to_owned(),
+                nodes: std::collections::BTreeMap::new(),
+            })
+        }
+    }
 }
 
 /// The stack named by `-s NAME`, or by the quarry.yml in `dir`.

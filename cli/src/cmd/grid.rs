@@ -7,11 +7,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use quarry_node::build::{self, Inputs};
-use quarry_node::docker::{self, Engine};
 use quarry_node::grid::{Grid, GridOptions};
-use quarry_node::reconcile;
 use quarry_node::spec::LoadError;
-use quarry_node::types::{ServerId, StackState};
+use quarry_node::types::ServerId;
 
 use crate::local;
 
@@ -36,19 +34,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         Err(e) => return Err(e.into()),
     };
-    let current = match Engine::connect().await {
-        Ok(engine) => {
-            let observed = docker::observe(&engine, &stack.name).await?;
-            reconcile::current_state(&stack.name, &ServerId::local(), &observed)
-        }
-        Err(e) => {
-            eprintln!("quarry: {e}\nquarry: showing the grid with nothing running");
-            StackState {
-                name: stack.name.clone(),
-                nodes: BTreeMap::new(),
-            }
-        }
-    };
+    let current = local::current_state_or_nothing(&stack.name).await?;
     let plan = build::plan(&Inputs {
         stack: &stack,
         current: &current,

@@ -12,10 +12,8 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use quarry_node::build::{self, Inputs};
-use quarry_node::docker::{self, Engine};
-use quarry_node::reconcile;
 use quarry_node::spec::LoadError;
-use quarry_node::types::{ServerId, StackState};
+use quarry_node::types::StackState;
 
 use crate::local;
 
@@ -63,16 +61,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("{} is not a stack state (JSON)", path.display()))?
         }
         (None, true) => nothing(),
-        (None, false) => match Engine::connect().await {
-            Ok(engine) => {
-                let observed = docker::observe(&engine, &stack.name).await?;
-                reconcile::current_state(&stack.name, &ServerId::local(), &observed)
-            }
-            Err(e) => {
-                eprintln!("quarry: {e}\nquarry: planning against nothing running");
-                nothing()
-            }
-        },
+        (None, false) => local::current_state_or_nothing(&stack.name).await?,
     };
     let plan = build::plan(&Inputs {
         stack: &stack,
