@@ -10,13 +10,16 @@
 //! [`reconcile`]'s converging shell, [`router`]'s nginx process owner, [`health`] (probes from
 //! the host).
 
+pub mod api;
 pub mod build;
 pub mod config;
+pub mod daemon;
 pub mod docker;
 pub mod grid;
 pub mod health;
 pub mod pki;
 pub mod reconcile;
 pub mod router;
+pub mod rpc;
 pub mod spec;
 pub mod types;
