@@ -67,6 +67,7 @@ async fn cluster() -> Cluster {
             ca.clone(),
             secret,
             [9; 32],
+            "qra_test".to_owned(),
             dyn_auth,
         ))),
     };
@@ -221,6 +222,7 @@ async fn join_with_the_right_token_returns_a_working_certificate_and_the_members
         .await
         .expect("join");
     assert_eq!(admitted.gossip_key, [9; 32]);
+    assert_eq!(admitted.admin_token, "qra_test");
     assert_eq!(admitted.ca_pem, c.ca.cert_pem());
     let names: Vec<_> = admitted.members.iter().map(|m| m.name.as_str()).collect();
     assert_eq!(names, ["server-a", "server-b"]);

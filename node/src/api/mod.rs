@@ -8,6 +8,8 @@
 //!
 //! Left out until Raft runs: writes and their forwarding to the leader, `/v1/grid`.
 
+pub mod client;
+
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

@@ -165,7 +165,12 @@ async fn act(cli: Cli) -> anyhow::Result<()> {
                 socket = %running.api.socket().display(),
                 "quarryd running (Raft not wired in yet: serving the member list on disk)"
             );
-            tokio::signal::ctrl_c().await?;
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            tokio::select! {
+                r = tokio::signal::ctrl_c() => r?,
+                _ = term.recv() => {}
+            }
             tracing::info!("stopping");
             running.api.stop();
             running.rpc.stop();

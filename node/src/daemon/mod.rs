@@ -301,6 +301,7 @@ pub async fn join(
     s.create("node.pem", &admitted.cert_pem)?;
     s.create("ca.pem", &admitted.ca_pem)?;
     s.create("gossip.key", &hex::encode(admitted.gossip_key))?;
+    s.create("admin.token", &admitted.admin_token)?;
     ensure_data(cfg)?;
     FileAuthority::store(&members_path(cfg), &admitted.members)
         .map_err(file_err(&members_path(cfg)))?;
@@ -335,6 +336,7 @@ pub async fn run(cfg: &Config) -> Result<Running, DaemonError> {
             ca,
             secret,
             s.gossip_key()?,
+            s.admin_token()?,
             dyn_auth,
         )));
     }

@@ -6,7 +6,8 @@
 //!     |                                   secret == join secret? (constant time)
 //!     |                                   authority.admit(member)  (Raft: add as learner)
 //!     |                                   sign the CSR with the cluster CA
-//!     |<-- Ok(Admitted { certificate, CA cert, gossip key, members }) -------|
+//!     |<-- Ok(Admitted { certificate, CA cert, gossip key, admin token,      |
+//!     |                  members }) -----------------------------------------|
 //!     |    or Err(why, in words for the operator)                            |
 //! ```
 //!
@@ -75,6 +76,9 @@ pub struct Admitted {
     pub ca_pem: String,
     /// The gossip key. Secret.
     pub gossip_key: [u8; 32],
+    /// The admin token of the HTTP API (one for the whole cluster, so the CLI can talk to any
+    /// server). Secret.
+    pub admin_token: String,
     /// The members the admitting server knows, the joiner included.
     pub members: Vec<Member>,
 }
@@ -174,6 +178,7 @@ pub struct JoinService {
     ca: ClusterCa,
     secret: [u8; 32],
     gossip_key: [u8; 32],
+    admin_token: String,
     authority: Arc<dyn JoinAuthority>,
 }
 
@@ -189,17 +194,20 @@ impl std::fmt::Debug for JoinService {
 type JoinAnswer = Result<Admitted, String>;
 
 impl JoinService {
-    /// A join service signing with `ca`, accepting `secret`, handing out `gossip_key`.
+    /// A join service signing with `ca`, accepting `secret`, handing out `gossip_key` and
+    /// `admin_token`.
     pub fn new(
         ca: ClusterCa,
         secret: [u8; 32],
         gossip_key: [u8; 32],
+        admin_token: String,
         authority: Arc<dyn JoinAuthority>,
     ) -> JoinService {
         JoinService {
             ca,
             secret,
             gossip_key,
+            admin_token,
             authority,
         }
     }
@@ -243,6 +251,7 @@ impl JoinService {
             cert_pem,
             ca_pem: self.ca.cert_pem().to_owned(),
             gossip_key: self.gossip_key,
+            admin_token: self.admin_token.clone(),
             members,
         })
     }
