@@ -1,8 +1,11 @@
 //! One module per command.
 
+pub mod client;
 pub mod plan;
 pub mod ps;
+pub mod servers;
 pub mod start;
+pub mod status;
 pub mod stop;
 
 use std::path::{Path, PathBuf};

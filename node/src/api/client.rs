@@ -63,12 +63,12 @@ pub struct Reply {
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// Nothing listens there, or the connection failed.
-    #[error("cannot reach the quarry server at {endpoint}: {source}")]
+    #[error("cannot reach the quarry server at {endpoint}: {cause}")]
     Unreachable {
         /// Where.
         endpoint: Endpoint,
         /// The cause.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// Something answered, but not HTTP.
     #[error("{endpoint} did not answer HTTP: {why}")]
@@ -89,9 +89,9 @@ pub async fn get(
     path: &str,
     token: Option<&str>,
 ) -> Result<Reply, ClientError> {
-    let unreachable = |source| ClientError::Unreachable {
+    let unreachable = |cause| ClientError::Unreachable {
         endpoint: endpoint.clone(),
-        source,
+        cause,
     };
     let host = match endpoint {
         Endpoint::Tcp(a) => a.clone(),

@@ -124,12 +124,12 @@ impl<A: JoinAuthority> ClusterView for LocalView<A> {
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     /// Binding failed.
-    #[error("cannot listen on {what}: {source}")]
+    #[error("cannot listen on {what}: {cause}")]
     Bind {
         /// The address or socket path.
         what: String,
         /// The cause.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 }
 
@@ -209,7 +209,7 @@ impl ApiServer {
         token: String,
         view: Arc<dyn ClusterView>,
     ) -> Result<ApiServer, ApiError> {
-        let bind = |what: String| move |source| ApiError::Bind { what, source };
+        let bind = |what: String| move |cause| ApiError::Bind { what, cause };
         let listener = tokio::net::TcpListener::bind(tcp)
             .await
             .map_err(bind(tcp.to_string()))?;

@@ -29,12 +29,12 @@ use crate::rpc::{Handlers, RpcServer};
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     /// A file could not be read or written.
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     File {
         /// The file.
         path: PathBuf,
         /// The cause.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// init found a cluster already there.
     #[error(
@@ -63,9 +63,9 @@ pub enum DaemonError {
 }
 
 fn file_err(path: &Path) -> impl FnOnce(std::io::Error) -> DaemonError + '_ {
-    move |source| DaemonError::File {
+    move |cause| DaemonError::File {
         path: path.to_owned(),
-        source,
+        cause,
     }
 }
 

@@ -34,16 +34,19 @@ pub async fn dial(
     let fut = async {
         let tcp = TcpStream::connect(addr)
             .await
-            .map_err(|source| RpcError::Connect { addr, source })?;
+            .map_err(|cause| RpcError::Connect { addr, cause })?;
         let _ = tcp.set_nodelay(true);
-        let name = ServerName::try_from(pki::SERVER_NAME).map_err(|e| RpcError::Connect {
+        let name = ServerName::try_from(pki::SERVER_NAME).map_err(|e| RpcError::Tls {
             addr,
-            source: std::io::Error::other(e),
+            reason: e.to_string(),
         })?;
         let mut s = TlsConnector::from(tls)
             .connect(name, tcp)
             .await
-            .map_err(|source| RpcError::Connect { addr, source })?;
+            .map_err(|e| RpcError::Tls {
+                addr,
+                reason: tls_reason(e),
+            })?;
         codec::send(
             &mut s,
             &Hello {
@@ -62,9 +65,18 @@ pub async fn dial(
         .unwrap_or_else(|_| {
             Err(RpcError::Connect {
                 addr,
-                source: std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer in 5 s"),
+                cause: std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer in 5 s"),
             })
         })
+}
+
+/// The words of a TLS failure without rustls's "unexpected error: " wrapping.
+fn tls_reason(e: std::io::Error) -> String {
+    match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+        Some(rustls::Error::General(m)) => m.clone(),
+        Some(other) => other.to_string(),
+        None => e.to_string(),
+    }
 }
 
 /// A member's dialer: its TLS client config, made once.

@@ -25,7 +25,7 @@ const MAX_MESSAGE: usize = 1 << 20;
 pub enum CodecError {
     /// The connection failed or closed.
     #[error("connection: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
     /// The peer announced a frame above the limit; nothing was allocated for it.
     #[error("frame of {len} bytes is above the limit of {limit} bytes")]
     TooLarge {
@@ -40,6 +40,12 @@ pub enum CodecError {
     /// A message could not be encoded.
     #[error("unencodable message: {0}")]
     Encode(String),
+}
+
+impl From<std::io::Error> for CodecError {
+    fn from(e: std::io::Error) -> Self {
+        CodecError::Io(e)
+    }
 }
 
 fn config() -> bincode::config::Configuration {

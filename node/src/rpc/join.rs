@@ -260,14 +260,10 @@ impl JoinService {
 /// Why joining failed.
 #[derive(Debug, thiserror::Error)]
 pub enum JoinError {
-    /// The member could not be reached, or the TLS check of its CA failed.
-    #[error("join through {addr}: {source}")]
-    Rpc {
-        /// The member dialed.
-        addr: SocketAddr,
-        /// The cause (a CA that does not match the token shows here).
-        source: RpcError,
-    },
+    /// The member could not be reached, or the TLS check of its CA failed (the error names
+    /// the member's address).
+    #[error("join: {0}")]
+    Rpc(RpcError),
     /// The member refused.
     #[error("{addr} refused the join: {reason}")]
     Refused {
@@ -291,7 +287,7 @@ pub async fn join(
     csr_pem: String,
     member: Member,
 ) -> Result<Admitted, JoinError> {
-    let rpc = |source| JoinError::Rpc { addr, source };
+    let rpc = JoinError::Rpc;
     let tls = pki::join_client_config(token.ca).map_err(|e| rpc(e.into()))?;
     let mut s = client::dial(addr, tls, Lane::Join).await.map_err(rpc)?;
     let presented = pki::presented_ca(s.get_ref().1, token.ca);

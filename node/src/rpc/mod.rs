@@ -72,13 +72,30 @@ pub enum RpcError {
     /// Reading, writing or decoding a frame failed.
     #[error(transparent)]
     Codec(#[from] codec::CodecError),
-    /// TCP or TLS failed.
-    #[error("cannot reach {addr}: {source}")]
+    /// TCP failed or timed out.
+    #[error("cannot reach {addr}: {cause}")]
     Connect {
         /// The peer.
         addr: std::net::SocketAddr,
         /// The cause.
-        source: std::io::Error,
+        cause: std::io::Error,
+    },
+    /// The TLS handshake failed (a certificate not from the cluster CA, a CA that does not
+    /// match the join token).
+    #[error("TLS with {addr} failed: {reason}")]
+    Tls {
+        /// The peer.
+        addr: std::net::SocketAddr,
+        /// Why.
+        reason: String,
+    },
+    /// The listener could not bind.
+    #[error("cannot listen on {addr}: {cause}")]
+    Listen {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The cause.
+        cause: std::io::Error,
     },
     /// The listener refused the lane.
     #[error("{addr} refused the {lane:?} lane: {reason}")]

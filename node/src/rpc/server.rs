@@ -74,10 +74,10 @@ impl RpcServer {
         let acceptor = TlsAcceptor::from(pki::server_config(identity)?);
         let listener = TcpListener::bind(addr)
             .await
-            .map_err(|source| RpcError::Connect { addr, source })?;
+            .map_err(|cause| RpcError::Listen { addr, cause })?;
         let addr = listener
             .local_addr()
-            .map_err(|source| RpcError::Connect { addr, source })?;
+            .map_err(|cause| RpcError::Listen { addr, cause })?;
         let handlers = Arc::new(handlers);
         let task = tokio::spawn(async move {
             // Connections live in this set, so stopping the listener closes them too.
