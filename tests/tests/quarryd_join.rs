@@ -2,7 +2,7 @@
 //! network namespace, address and files. (Raft membership comes later: this checks the join
 //! exchange, the files it leaves and the refusals.)
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -63,7 +63,7 @@ fn flags(h: &Host) -> Vec<String> {
     ]
 }
 
-fn run(h: &Host, bin: &PathBuf, args: &[&str]) -> (bool, String, String) {
+fn run(h: &Host, bin: &Path, args: &[&str]) -> (bool, String, String) {
     let mut all: Vec<String> = vec![bin.display().to_string()];
     all.extend(flags(h));
     all.extend(args.iter().map(|s| s.to_string()));
