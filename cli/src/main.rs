@@ -31,6 +31,10 @@ enum Command {
     Stop(cmd::stop::StopArgs),
     /// List a local stack's containers: node, replica, revision, state, health, address, uptime.
     Ps(cmd::ps::PsArgs),
+    /// A server's view of the cluster: name, address, Raft leader, term, commit, voters.
+    Status(cmd::status::StatusArgs),
+    /// The servers of the cluster.
+    Servers(cmd::servers::ServersArgs),
 }
 
 /// Runs an async command on a small runtime.
@@ -62,6 +66,8 @@ fn main() -> ExitCode {
         Command::Start(args) => block_on(cmd::start::run(args)),
         Command::Stop(args) => block_on(cmd::stop::run(args)),
         Command::Ps(args) => block_on(cmd::ps::run(args)),
+        Command::Status(args) => block_on(cmd::status::run(args)),
+        Command::Servers(args) => block_on(cmd::servers::run(args)),
     };
     match result {
         Ok(code) => code,

@@ -8,15 +8,20 @@
 //!
 //! I/O shells: [`docker`] (the local engine: images, networks, containers by label),
 //! [`reconcile`]'s converging shell, [`router`]'s nginx process owner, [`health`] (probes from
-//! the host).
+//! the host), [`rpc`] (node-to-node RPC over mutual TLS: Raft, Control, Bulk and Join lanes),
+//! [`api`] (the HTTP API on the local socket and TCP), [`daemon`] (what `quarryd init`, `join`
+//! and `run` do).
 
+pub mod api;
 pub mod build;
 pub mod config;
+pub mod daemon;
 pub mod docker;
 pub mod grid;
 pub mod health;
 pub mod pki;
 pub mod reconcile;
 pub mod router;
+pub mod rpc;
 pub mod spec;
 pub mod types;

@@ -1,9 +1,12 @@
 //! One module per command.
 
+pub mod client;
 pub mod grid;
 pub mod plan;
 pub mod ps;
+pub mod servers;
 pub mod start;
+pub mod status;
 pub mod stop;
 
 use std::path::{Path, PathBuf};

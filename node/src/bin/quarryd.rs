@@ -1,16 +1,209 @@
-//! `quarryd`: the daemon every server runs. Its commands (`init`, `join`, `run`) arrive with
-//! the quarryd issue; until then it only says so.
+//! `quarryd`: the daemon every server runs. `init` creates a cluster, `token` prints its join
+//! token, `join` gets this server a certificate from a member, `run` serves.
+//!
+//! Flags override quarryd.toml. Raft is not wired in yet: `run` serves the RPC port (Join) and
+//! the API from the member list on disk, and says so.
 
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-fn main() -> ExitCode {
-    if std::env::args().nth(1).as_deref() == Some("--version") {
-        println!("quarryd {}", env!("CARGO_PKG_VERSION"));
-        return ExitCode::SUCCESS;
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use quarry_node::config::{Config, DEFAULT_CONFIG};
+use quarry_node::daemon::{self, Secrets};
+use quarry_node::pki::JoinToken;
+
+/// quarryd: the quarry cluster daemon.
+#[derive(Debug, Parser)]
+#[command(name = "quarryd", version, about)]
+struct Cli {
+    #[command(flatten)]
+    flags: Flags,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Settings that override quarryd.toml.
+#[derive(Debug, Args)]
+struct Flags {
+    /// The config file.
+    #[arg(long, global = true, default_value = DEFAULT_CONFIG, env = "QUARRYD_CONFIG")]
+    config: PathBuf,
+    /// The data directory.
+    #[arg(long, global = true)]
+    data: Option<PathBuf>,
+    /// The secrets directory.
+    #[arg(long, global = true)]
+    secrets: Option<PathBuf>,
+    /// The local API socket.
+    #[arg(long, global = true)]
+    socket: Option<PathBuf>,
+    /// This server's cluster address.
+    #[arg(long, global = true)]
+    address: Option<IpAddr>,
+    /// This server's name.
+    #[arg(long, global = true)]
+    name: Option<String>,
+    /// The HTTP API port.
+    #[arg(long, global = true)]
+    api_port: Option<u16>,
+    /// The address the TCP API listens on.
+    #[arg(long, global = true)]
+    api_listen: Option<IpAddr>,
+    /// The node RPC port.
+    #[arg(long, global = true)]
+    rpc_port: Option<u16>,
+    /// The gossip port.
+    #[arg(long, global = true)]
+    gossip_port: Option<u16>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create a new cluster with this server as its first member.
+    Init,
+    /// Print the join token.
+    Token,
+    /// Join a cluster through any member: ADDR is host[:rpc port].
+    Join {
+        /// A member's address.
+        addr: String,
+        /// The join token (`quarryd token` on a member).
+        #[arg(long, env = "QUARRY_JOIN_TOKEN")]
+        token: String,
+    },
+    /// Run this server.
+    Run,
+}
+
+fn config(f: &Flags) -> anyhow::Result<Config> {
+    let mut c = Config::load(&f.config)?;
+    if let Some(v) = &f.data {
+        c.paths.data = v.clone();
     }
-    eprintln!(
-        "quarryd: the cluster daemon is not built yet (init, join and run come next); \
-         use `quarry plan` meanwhile"
-    );
-    ExitCode::FAILURE
+    if let Some(v) = &f.secrets {
+        c.paths.secrets = v.clone();
+    }
+    if let Some(v) = &f.socket {
+        c.paths.api_socket = v.clone();
+    }
+    if let Some(v) = f.address {
+        c.address = v;
+    }
+    if let Some(v) = &f.name {
+        c.name = Some(v.clone());
+    }
+    if let Some(v) = f.api_port {
+        c.api_port = v;
+    }
+    if let Some(v) = f.api_listen {
+        c.api_listen = v;
+    }
+    if let Some(v) = f.rpc_port {
+        c.rpc_port = v;
+    }
+    if let Some(v) = f.gossip_port {
+        c.gossip_port = v;
+    }
+    c.check()
+        .map_err(|e| anyhow::anyhow!("{}: {e}", f.config.display()))?;
+    Ok(c)
+}
+
+fn member_addr(addr: &str, default_port: u16) -> anyhow::Result<SocketAddr> {
+    let with_port = if addr.parse::<IpAddr>().is_ok() || !addr.contains(':') {
+        format!("{addr}:{default_port}")
+    } else {
+        addr.to_owned()
+    };
+    with_port
+        .to_socket_addrs()
+        .with_context(|| format!("{addr} is not an address"))?
+        .next()
+        .with_context(|| format!("{addr} resolves to no address"))
+}
+
+async fn act(cli: Cli) -> anyhow::Result<()> {
+    let cfg = config(&cli.flags)?;
+    match cli.command {
+        Command::Init => {
+            let done = daemon::init(&cfg)?;
+            println!("initialized cluster; this server is {:?}", done.name);
+            println!("join token (give it to new servers, keep it secret):");
+            println!("  {}", done.token);
+            println!("admin token: {}", done.admin_token_path.display());
+            println!("start this server with `quarryd run`");
+        }
+        Command::Token => println!("{}", Secrets::of(&cfg).join_token()?),
+        Command::Join { addr, token } => {
+            let token: JoinToken = token.parse()?;
+            let addr = member_addr(&addr, cfg.rpc_port)?;
+            let members = daemon::join(&cfg, addr, &token).await?;
+            println!(
+                "joined through {addr}: certificate and gossip key stored in {}",
+                cfg.paths.secrets.display()
+            );
+            println!(
+                "members known: {}",
+                members
+                    .iter()
+                    .map(|m| m.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            println!(
+                "note: Raft is not wired into quarryd yet, so this server is in the member list \
+                 but not a Raft learner; `quarryd run` serves its API"
+            );
+        }
+        Command::Run => {
+            let running = daemon::run(&cfg).await?;
+            tracing::info!(
+                rpc = %running.rpc.local_addr(),
+                api = %running.api.tcp_addr(),
+                socket = %running.api.socket().display(),
+                "quarryd running (Raft not wired in yet: serving the member list on disk)"
+            );
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            tokio::select! {
+                r = tokio::signal::ctrl_c() => r?,
+                _ = term.recv() => {}
+            }
+            tracing::info!("stopping");
+            running.api.stop();
+            running.rpc.stop();
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("quarryd: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(act(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("quarryd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -1,0 +1,171 @@
+//! The `quarryd` binary on loopback: init, token, run, join, with flags overriding the config.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use quarry_node::api::client::{self, Endpoint};
+
+struct Server {
+    dir: PathBuf,
+    name: &'static str,
+    api: u16,
+    rpc: u16,
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+impl Server {
+    fn new(root: &Path, name: &'static str) -> Server {
+        Server {
+            dir: root.join(name),
+            name,
+            api: free_port(),
+            rpc: free_port(),
+        }
+    }
+
+    fn cmd(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_quarryd"));
+        c.arg("--config").arg(self.dir.join("quarryd.toml"));
+        c.arg("--data").arg(self.dir.join("data"));
+        c.arg("--secrets").arg(self.dir.join("secrets"));
+        c.arg("--socket").arg(self.dir.join("api.sock"));
+        c.args([
+            "--address",
+            "127.0.0.1",
+            "--api-listen",
+            "127.0.0.1",
+            "--name",
+            self.name,
+        ]);
+        c.args([
+            "--api-port",
+            &self.api.to_string(),
+            "--rpc-port",
+            &self.rpc.to_string(),
+        ]);
+        c.env("QUARRYD_CONFIG", "/nonexistent")
+            .env_remove("QUARRY_JOIN_TOKEN");
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd().args(args).output().expect("quarryd runs")
+    }
+}
+
+fn show(o: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Kills the `quarryd run` child when the test ends, passed or failed.
+struct Running(Child);
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn init_token_run_and_join_through_the_binary() {
+    let root = tempfile::tempdir().expect("tmp");
+    let h1 = Server::new(root.path(), "h1");
+    // The config file sets a tag; flags set everything else.
+    std::fs::create_dir_all(&h1.dir).expect("dir");
+    std::fs::write(
+        h1.dir.join("quarryd.toml"),
+        "tags = [\"router\"]\nmemory = \"1G\"\n",
+    )
+    .expect("toml");
+
+    let init = h1.run(&["init"]);
+    assert!(init.status.success(), "{}", show(&init));
+    let out = String::from_utf8_lossy(&init.stdout).into_owned();
+    let token = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("QRY1-"))
+        .map(|t| format!("QRY1-{t}"));
+    let token = token.unwrap_or_else(|| panic!("init printed no join token: {out}"));
+    assert!(out.contains("admin.token"), "{out}");
+
+    let again = h1.run(&["init"]);
+    assert_eq!(again.status.code(), Some(1), "{}", show(&again));
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("already belongs to a cluster"),
+        "{}",
+        show(&again)
+    );
+
+    let printed = h1.run(&["token"]);
+    assert_eq!(String::from_utf8_lossy(&printed.stdout).trim(), token);
+
+    let log = std::fs::File::create(root.path().join("h1.log")).expect("log");
+    let _running = Running(
+        h1.cmd()
+            .arg("run")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn run"),
+    );
+    let api = Endpoint::Tcp(format!("127.0.0.1:{}", h1.api));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match client::get(&api, "/v1/health", None).await {
+            Ok(r) if r.status == 200 => break,
+            last if Instant::now() > deadline => panic!(
+                "quarryd run did not serve /v1/health within 20 s; last: {last:?}; log:\n{}",
+                std::fs::read_to_string(root.path().join("h1.log")).unwrap_or_default()
+            ),
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+
+    let h2 = Server::new(root.path(), "h2");
+    let member = format!("127.0.0.1:{}", h1.rpc);
+    let bad_ca = format!("QRY1-{}-{}", "ab".repeat(32), &token[70..]);
+    let refused = h2.run(&["join", &member, "--token", &bad_ca]);
+    assert_eq!(refused.status.code(), Some(1), "{}", show(&refused));
+    let e = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        e.contains("does not match the join token") && e.matches("does not match").count() == 1,
+        "said once, clearly: {e}"
+    );
+    let no_token = h2.run(&["join", &member]);
+    assert_eq!(no_token.status.code(), Some(2), "{}", show(&no_token));
+    assert!(
+        String::from_utf8_lossy(&no_token.stderr).contains("--token"),
+        "{}",
+        show(&no_token)
+    );
+
+    let joined = h2.run(&["join", &member, "--token", &token]);
+    assert!(joined.status.success(), "{}", show(&joined));
+    let out = String::from_utf8_lossy(&joined.stdout);
+    assert!(
+        out.contains("members known: h1, h2") && out.contains("not a Raft learner"),
+        "{out}"
+    );
+
+    let admin = std::fs::read_to_string(h1.dir.join("secrets/admin.token")).expect("admin token");
+    let r = client::get(&api, "/v1/servers", Some(admin.trim()))
+        .await
+        .expect("servers");
+    let v: serde_json::Value = serde_json::from_slice(&r.body).expect("json");
+    assert_eq!(
+        v["servers"][0]["tags"][0], "router",
+        "the config file's tags: {v}"
+    );
+    assert_eq!(v["servers"][0]["memory"], 1u64 << 30, "{v}");
+    assert_eq!(v["servers"][1]["name"], "h2", "{v}");
+}
