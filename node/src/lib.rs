@@ -4,6 +4,7 @@
 
 pub mod build;
 pub mod config;
+pub mod gossip;
 pub mod hosts;
 pub mod pki;
 pub mod spec;
