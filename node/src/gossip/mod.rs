@@ -23,10 +23,13 @@
 //! [`transport`] is the chitchat 0.11 `Transport` over a real UDP socket that applies both;
 //! [`chitchat_config`] and [`failure_detector`] hold the tuned timings.
 //!
-//! Left out (for now): the member task (published server record, liveness snapshot and watch
-//! channel, persisted generation); a receiver that restarts forgets its windows, so a replay of a current-generation
+//! [`record`] is what a server publishes (capped size) and its persisted boot generation.
+//!
+//! Left out (for now): the member task (publishing the record, liveness snapshot and watch
+//! channel); a receiver that restarts forgets its windows, so a replay of a current-generation
 //! datagram right after a receiver restart is only bounded by chitchat's own versioning.
 
+pub mod record;
 pub mod seal;
 pub mod transport;
 
