@@ -25,10 +25,13 @@
 //!
 //! [`record`] is what a server publishes (capped size) and its persisted boot generation.
 //!
-//! Left out (for now): the member task (publishing the record, liveness snapshot and watch
-//! channel); a receiver that restarts forgets its windows, so a replay of a current-generation
+//! [`member`] is the owner task: chitchat over the sealing transport, the record published,
+//! liveness (alive/suspect/dead, since when) as a snapshot on a watch channel.
+//!
+//! Left out: a receiver that restarts forgets its windows, so a replay of a current-generation
 //! datagram right after a receiver restart is only bounded by chitchat's own versioning.
 
+pub mod member;
 pub mod record;
 pub mod seal;
 pub mod transport;
