@@ -10,15 +10,18 @@
 //! [`reconcile`]'s converging shell, [`router`]'s nginx process owner, [`health`] (probes from
 //! the host), [`rpc`] (node-to-node RPC over mutual TLS: Raft, Control, Bulk and Join lanes),
 //! [`api`] (the HTTP API on the local socket and TCP), [`daemon`] (what `quarryd init`, `join`
-//! and `run` do).
+//! and `run` do), [`gossip`] (chitchat over a sealed UDP transport: liveness), [`hosts`] (the
+//! managed /etc/hosts block: a pure renderer and its writer).
 
 pub mod api;
 pub mod build;
 pub mod config;
 pub mod daemon;
 pub mod docker;
+pub mod gossip;
 pub mod grid;
 pub mod health;
+pub mod hosts;
 pub mod pki;
 pub mod reconcile;
 pub mod router;
