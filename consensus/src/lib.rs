@@ -82,6 +82,7 @@ mod machine;
 pub mod memnet;
 mod node;
 pub mod storage;
+pub mod tcp;
 pub mod transport;
 
 pub use error::{ClientError, NodeError};
