@@ -24,6 +24,7 @@ struct TcpCluster {
     ids: Vec<u64>,
     addrs: HashMap<u64, SocketAddr>,
     nodes: BTreeMap<u64, Node>,
+    snapshot_every: u64,
 }
 
 impl TcpCluster {
@@ -39,12 +40,14 @@ impl TcpCluster {
             ids: (1..=n).collect(),
             addrs,
             nodes: BTreeMap::new(),
+            snapshot_every: 10_000,
         }
     }
 
     async fn start_node(&mut self, id: u64) {
         let mut cfg = NodeConfig::new(id, self.ids.clone(), self.dir.path().join(format!("n{id}")));
         cfg.tick = Duration::from_millis(50);
+        cfg.snapshot_every = self.snapshot_every;
         let listener = bind_retry(self.addrs[&id]).await;
         let (tx, rx) = transport::inbox();
         let t = TcpTransport::new(id, TcpConnector::new(self.addrs.clone()), tx.clone());
@@ -239,4 +242,25 @@ async fn tcp_minority_side_never_commits_and_heals() {
     for id in 1..=3 {
         c.wait_has(id, 2..10, SECS(20)).await;
     }
+}
+
+/// The log is compacted while a follower is down, so it can only catch up through the
+/// snapshot lane.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_follower_behind_a_compacted_log_catches_up_by_snapshot() {
+    let mut c = TcpCluster::new(3).await;
+    c.snapshot_every = 10;
+    for id in 1..=3 {
+        c.start_node(id).await;
+    }
+    let leader = c.wait_for_leader(SECS(10)).await;
+    let behind = if leader == 1 { 2 } else { 1 };
+    c.kill(behind).await;
+    for i in 0..60 {
+        c.put(i, i, SECS(10)).await.expect("write acknowledged");
+    }
+    c.start_node(behind).await;
+    c.wait_has(behind, 0..60, SECS(20)).await;
+    let st = c.nodes[&behind].handle.status().await.unwrap();
+    assert!(st.applied >= 60, "{st:?}");
 }
