@@ -8,7 +8,7 @@
 //! - the **snapshot lane** carries `MsgSnapshot` alone, so a big snapshot never delays a
 //!   heartbeat queued behind it.
 //!
-//! A frame is a 4-byte big-endian length, then a [`Frame`] record encoded by
+//! A frame is a 4-byte big-endian length, then a `Frame` record encoded by
 //! [`crate::codec::encode`] (bincode with a format byte) whose payload is the raft message's
 //! protobuf bytes. The reader checks the length against [`MAX_FRAME`] *before* allocating.
 //!
