@@ -107,6 +107,20 @@ pub async fn current_state_or_nothing(stack: &str) -> anyhow::Result<StackState>
     }
 }
 
+/// The arguments of the commands that act on one local stack (`ps`, `stop`).
+#[derive(Debug, clap::Args)]
+pub struct StackArgs {
+    /// The stack's directory (the one holding quarry.yml).
+    #[arg(default_value = ".")]
+    pub dir: PathBuf,
+    /// The stack's name (instead of reading it from DIR/quarry.yml).
+    #[arg(short = 's', long = "stack")]
+    pub stack: Option<String>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// The stack named by `-s NAME`, or by the quarry.yml in `dir`.
 pub fn stack_name(name: Option<&str>, dir: &Path) -> anyhow::Result<String> {
     if let Some(n) = name {

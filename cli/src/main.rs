@@ -28,9 +28,9 @@ enum Command {
     /// Run a stack on the local Docker behind a local nginx, and print its URLs.
     Start(cmd::start::StartArgs),
     /// Remove every container, network, router and file of a local stack.
-    Stop(cmd::stop::StopArgs),
+    Stop(local::StackArgs),
     /// List a local stack's containers: node, replica, revision, state, health, address, uptime.
-    Ps(cmd::ps::PsArgs),
+    Ps(local::StackArgs),
     /// A server's view of the cluster: name, address, Raft leader, term, commit, voters.
     Status(cmd::status::StatusArgs),
     /// The servers of the cluster.

@@ -1,28 +1,12 @@
 //! `quarry ps [DIR]`: the containers of a local stack (node, replica, revision, state, health
 //! probed now from the host, address, uptime) and its router.
 
-use std::path::PathBuf;
-
 use quarry_node::docker::{self, Engine};
 use quarry_node::reconcile;
 use quarry_node::types::{ServerId, StackState};
 use serde::Serialize;
 
 use crate::local;
-
-/// `quarry ps` arguments.
-#[derive(Debug, clap::Args)]
-pub struct PsArgs {
-    /// The stack's directory (the one holding quarry.yml).
-    #[arg(default_value = ".")]
-    pub dir: PathBuf,
-    /// The stack's name (instead of reading it from DIR/quarry.yml).
-    #[arg(short = 's', long = "stack")]
-    pub stack: Option<String>,
-    /// Print the result as JSON.
-    #[arg(long)]
-    pub json: bool,
-}
 
 #[derive(Debug, Serialize)]
 struct PsReport {
@@ -40,7 +24,7 @@ struct Router {
 }
 
 /// Runs `quarry ps`.
-pub async fn run(args: PsArgs) -> anyhow::Result<()> {
+pub async fn run(args: local::StackArgs) -> anyhow::Result<()> {
     let name = local::stack_name(args.stack.as_deref(), &args.dir)?;
     let engine = Engine::connect().await?;
     let observed = docker::observe(&engine, &name).await?;

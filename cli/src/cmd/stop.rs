@@ -1,27 +1,11 @@
 //! `quarry stop [DIR]`: removes everything of a local stack: its containers, its network, its
 //! nginx and its files under QUARRY_HOME. Images are kept (they are the build cache).
 
-use std::path::PathBuf;
-
 use anyhow::Context;
 use quarry_node::docker::{containers, network, Engine};
 use serde::Serialize;
 
 use crate::local;
-
-/// `quarry stop` arguments.
-#[derive(Debug, clap::Args)]
-pub struct StopArgs {
-    /// The stack's directory (the one holding quarry.yml).
-    #[arg(default_value = ".")]
-    pub dir: PathBuf,
-    /// The stack's name (instead of reading it from DIR/quarry.yml).
-    #[arg(short = 's', long = "stack")]
-    pub stack: Option<String>,
-    /// Print the result as JSON.
-    #[arg(long)]
-    pub json: bool,
-}
 
 #[derive(Debug, Serialize)]
 struct StopReport {
@@ -31,7 +15,7 @@ struct StopReport {
 }
 
 /// Runs `quarry stop`.
-pub async fn run(args: StopArgs) -> anyhow::Result<()> {
+pub async fn run(args: local::StackArgs) -> anyhow::Result<()> {
     let name = local::stack_name(args.stack.as_deref(), &args.dir)?;
     let engine = Engine::connect().await?;
     let ids = containers::stack_container_ids(&engine, &name).await?;

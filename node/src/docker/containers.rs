@@ -4,8 +4,8 @@
 use std::collections::{BTreeMap, HashMap};
 
 use bollard::models::{
-    ContainerCreateBody, EndpointSettings, HostConfig, NetworkingConfig, PortBinding,
-    RestartPolicy, RestartPolicyNameEnum,
+    ContainerCreateBody, ContainerSummary, EndpointSettings, HostConfig, NetworkingConfig,
+    PortBinding, RestartPolicy, RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
     CreateContainerOptions, ListContainersOptions, LogsOptions, RemoveContainerOptions,
@@ -43,18 +43,26 @@ fn label_filter(stack: &str) -> HashMap<String, Vec<String>> {
     )])
 }
 
-/// The ids of every container labelled with the stack, whatever their other labels.
-pub async fn stack_container_ids(engine: &Engine, stack: &str) -> Result<Vec<String>, DockerError> {
+/// Every container of the engine (running or not), filtered by Docker's list filters if given.
+async fn list_all(
+    engine: &Engine,
+    filters: Option<HashMap<String, Vec<String>>>,
+) -> Result<Vec<ContainerSummary>, DockerError> {
     let options = ListContainersOptions {
         all: true,
-        filters: Some(label_filter(stack)),
+        filters,
         ..Default::default()
     };
-    let list = engine
+    engine
         .client()
         .list_containers(Some(options))
         .await
-        .map_err(|e| DockerError::api("listing containers", e))?;
+        .map_err(|e| DockerError::api("listing containers", e))
+}
+
+/// The ids of every container labelled with the stack, whatever their other labels.
+pub async fn stack_container_ids(engine: &Engine, stack: &str) -> Result<Vec<String>, DockerError> {
+    let list = list_all(engine, Some(label_filter(stack))).await?;
     Ok(list.into_iter().filter_map(|c| c.id).collect())
 }
 
@@ -326,15 +334,7 @@ pub async fn remove(engine: &Engine, id: &str) -> Result<(), DockerError> {
 /// Every host port published by any container on this engine (running or not), so a new
 /// placement never picks one of them.
 pub async fn published_host_ports(engine: &Engine) -> Result<Vec<u16>, DockerError> {
-    let options = ListContainersOptions {
-        all: true,
-        ..Default::default()
-    };
-    let list = engine
-        .client()
-        .list_containers(Some(options))
-        .await
-        .map_err(|e| DockerError::api("listing containers", e))?;
+    let list = list_all(engine, None).await?;
     let mut ports = Vec::new();
     for c in list {
         // Running containers list their ports; stopped ones only in their host config.

@@ -169,23 +169,18 @@ fn order_key(kind: Kind, node: &str, replica: u32) -> (bool, &str, u32) {
 pub fn current_state(stack: &str, server: &ServerId, observed: &[ObservedContainer]) -> StackState {
     let mut nodes: BTreeMap<String, NodeState> = BTreeMap::new();
     for o in observed {
-        let entry = nodes.entry(o.node.clone()).or_insert_with(|| NodeState {
+        // The node as this container describes it, with no replicas yet.
+        let fresh = || NodeState {
             kind: o.kind,
             revision: o.revision,
             definition: o.definition.clone(),
             domains: o.domains.clone(),
             fields: o.fields.clone(),
             replicas: Vec::new(),
-        });
+        };
+        let entry = nodes.entry(o.node.clone()).or_insert_with(fresh);
         if o.revision > entry.revision {
-            *entry = NodeState {
-                kind: o.kind,
-                revision: o.revision,
-                definition: o.definition.clone(),
-                domains: o.domains.clone(),
-                fields: o.fields.clone(),
-                replicas: Vec::new(),
-            };
+            *entry = fresh();
         }
         if o.revision == entry.revision && !entry.replicas.iter().any(|r| r.replica == o.replica) {
             entry.replicas.push(ReplicaState {
