@@ -9,12 +9,14 @@
 //! I/O shells: [`docker`] (the local engine: images, networks, containers by label),
 //! [`reconcile`]'s converging shell, [`router`]'s nginx process owner, [`health`] (probes from
 //! the host), [`rpc`] (node-to-node RPC over mutual TLS: Raft, Control, Bulk and Join lanes),
-//! [`api`] (the HTTP API on the local socket and TCP), [`daemon`] (what `quarryd init`, `join`
-//! and `run` do), [`gossip`] (chitchat over a sealed UDP transport: liveness), [`hosts`] (the
+//! [`api`] (the HTTP API on the local socket and TCP), [`cluster`] (the Raft-replicated cluster
+//! state, membership, forwarding and reads), [`daemon`] (what `quarryd init`, `join` and `run`
+//! do), [`gossip`] (chitchat over a sealed UDP transport: liveness), [`hosts`] (the
 //! managed /etc/hosts block: a pure renderer and its writer).
 
 pub mod api;
 pub mod build;
+pub mod cluster;
 pub mod config;
 pub mod daemon;
 pub mod docker;
