@@ -80,8 +80,12 @@
 //! before and after each write, and a negative control that writes hard state first),
 //! `tests/storage.rs`, `tests/membership.rs` (a joiner caught up by snapshot, promoted, a
 //! voter removed and quiet; joint changes; leader transfer; changes under write load with no
-//! acknowledged write lost; restart after a change), and `tests/tcp_cluster.rs` (the same scenarios over real TCP on loopback,
-//! a peer that never reads, snapshot catch-up over the snapshot lane). All run under a paused tokio clock and replay from their seed.
+//! acknowledged write lost; restart after a change), and `tests/tcp_cluster.rs` (3 and 5 nodes over real TCP on loopback,
+//! every link through a fault-injecting proxy: leader kill, a minority partition black-holed
+//! by the proxies and healed, restart of all nodes from disk, a peer that never reads,
+//! snapshot catch-up over the snapshot lane, membership changes under write load with no
+//! acknowledged write lost). The in-memory ones run under a paused tokio clock and
+//! replay from their seed; the TCP ones run in real time.
 //!
 //! # Left out (deliberately, for now)
 //!
