@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use raft::eraftpb::{Entry, EntryType};
+use raft::eraftpb::{ConfChangeV2, Entry, EntryType};
 use raft::{RawNode, ReadOnlyOption, SnapshotStatus, StateRole};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -16,8 +16,9 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::codec;
-use crate::handle::{Handle, ReadFn, Request, Role, Status};
+use crate::handle::{Handle, Membership, PeerProgress, ReadFn, Request, Role, Status};
 use crate::machine::{Replica, StateMachine};
+use crate::membership;
 use crate::storage::{RedbStorage, StorageOptions};
 use crate::transport::{Inbound, Transport};
 use crate::{ClientError, NodeError};
@@ -92,6 +93,21 @@ struct ReadWait<S> {
     deadline: Instant,
 }
 
+/// A membership change proposed here, waiting for its entry (and the leave, if joint).
+struct MemberWait {
+    index: u64,
+    term: u64,
+    deadline: Instant,
+    reply: oneshot::Sender<Result<Membership, ClientError>>,
+}
+
+/// A leader transfer asked here, waiting to see `to` lead.
+struct TransferWait {
+    to: u64,
+    deadline: Instant,
+    reply: oneshot::Sender<Result<(), ClientError>>,
+}
+
 /// The owner task; it ends with the fault that stopped the node, if any.
 pub type NodeTask = JoinHandle<Result<(), NodeError>>;
 
@@ -105,12 +121,13 @@ pub fn start<S: StateMachine, T: Transport>(
     inbox: mpsc::Receiver<Inbound>,
 ) -> Result<(Handle<S>, NodeTask), NodeError> {
     std::fs::create_dir_all(&cfg.data_dir).map_err(|e| NodeError::Raft(raft::Error::Io(e)))?;
-    let storage = RedbStorage::open(
+    let mut storage = RedbStorage::open(
         &cfg.data_dir.join("raft.redb"),
         &cfg.voters,
         cfg.storage.clone(),
     )?;
     let mut replica = Replica::new(machine);
+    storage.bootstrap(replica.snapshot()?)?;
     let snap_index = storage.snapshot_metadata().index;
     if snap_index > 0 {
         let snap = storage.load_snapshot()?;
@@ -152,6 +169,8 @@ pub fn start<S: StateMachine, T: Transport>(
         proposals: BTreeMap::new(),
         reads_inflight: BTreeMap::new(),
         reads_ready: Vec::new(),
+        member_wait: None,
+        transfer_wait: None,
         read_nonce: nonce_rng.random(),
         next_read: 0,
         cfg,
@@ -172,6 +191,8 @@ struct Runner<S: StateMachine, T> {
     reads_inflight: BTreeMap<u64, ReadWait<S>>,
     /// Reads with a read index, waiting for the machine to apply up to it.
     reads_ready: Vec<(u64, ReadWait<S>)>,
+    member_wait: Option<MemberWait>,
+    transfer_wait: Option<TransferWait>,
     /// Distinguishes this incarnation's read ids from a previous one's late answers.
     read_nonce: u64,
     next_read: u64,
@@ -215,6 +236,7 @@ impl<S: StateMachine, T: Transport> Runner<S, T> {
                 }
             }
             self.handle_ready()?;
+            self.check_transfer();
         }
         self.raw.mut_store().flush()?;
         Ok(())
@@ -291,6 +313,45 @@ impl<S: StateMachine, T: Transport> Runner<S, T> {
             Request::Status { reply } => {
                 let _ = reply.send(self.status());
             }
+            Request::ChangeMembership { changes, reply } => {
+                let r = self.propose_membership(&changes);
+                match r {
+                    Ok((index, term)) => {
+                        self.member_wait = Some(MemberWait {
+                            index,
+                            term,
+                            deadline,
+                            reply,
+                        })
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                }
+            }
+            Request::TransferLeader { to, reply } => {
+                if self.raw.raft.state != StateRole::Leader {
+                    let _ = reply.send(Err(self.not_leader()));
+                } else if to == self.cfg.id {
+                    let _ = reply.send(Ok(()));
+                } else if !self.raw.raft.prs().conf().voters().contains(to) {
+                    let _ = reply.send(Err(ClientError::InvalidMembership(format!(
+                        "node {to} is not a voter: leadership can only go to a voter"
+                    ))));
+                } else if let Some(t) = &self.transfer_wait {
+                    let _ = reply.send(Err(ClientError::InvalidMembership(format!(
+                        "a leader transfer to {} is already in progress",
+                        t.to
+                    ))));
+                } else {
+                    self.raw.transfer_leader(to);
+                    self.transfer_wait = Some(TransferWait {
+                        to,
+                        deadline,
+                        reply,
+                    });
+                }
+            }
             Request::Shutdown { reply } => {
                 self.raw.mut_store().flush()?;
                 let _ = reply.send(());
@@ -300,13 +361,47 @@ impl<S: StateMachine, T: Transport> Runner<S, T> {
         Ok(true)
     }
 
+    /// Checks and proposes a membership change; its (index, term) in the log.
+    fn propose_membership(
+        &mut self,
+        changes: &[crate::MemberChange],
+    ) -> Result<(u64, u64), ClientError> {
+        let r = &self.raw.raft;
+        if r.state != StateRole::Leader {
+            return Err(self.not_leader());
+        }
+        if self.member_wait.is_some()
+            || r.pending_conf_index > r.raft_log.applied
+            || membership::is_joint(&r.prs().conf().to_conf_state())
+        {
+            return Err(ClientError::MembershipChangeInProgress);
+        }
+        let cc = membership::validate(r.prs(), self.cfg.id, changes)?;
+        if self.raw.propose_conf_change(vec![], cc).is_err() {
+            return Err(self.not_leader());
+        }
+        Ok((self.raw.raft.raft_log.last_index(), self.raw.raft.term))
+    }
+
     fn status(&self) -> Status {
         let r = &self.raw.raft;
-        let conf = r.prs().conf();
-        let mut voters: Vec<u64> = conf.voters().ids().iter().collect();
-        voters.sort_unstable();
-        let mut learners: Vec<u64> = conf.learners().iter().copied().collect();
-        learners.sort_unstable();
+        let (voters, learners) = membership::members(&r.prs().conf().to_conf_state());
+        let progress = if r.state == StateRole::Leader {
+            r.prs()
+                .iter()
+                .map(|(&id, pr)| {
+                    (
+                        id,
+                        PeerProgress {
+                            matched: pr.matched,
+                            recent_active: pr.recent_active,
+                        },
+                    )
+                })
+                .collect()
+        } else {
+            BTreeMap::new()
+        };
         Status {
             id: self.cfg.id,
             role: match r.state {
@@ -321,6 +416,7 @@ impl<S: StateMachine, T: Transport> Runner<S, T> {
             applied: self.replica.applied,
             voters,
             learners,
+            progress,
         }
     }
 
@@ -356,13 +452,44 @@ impl<S: StateMachine, T: Transport> Runner<S, T> {
         for (_, r) in late {
             (r.f)(Err(ClientError::Timeout));
         }
+        if self.member_wait.as_ref().is_some_and(|w| w.deadline <= now) {
+            if let Some(w) = self.member_wait.take() {
+                let _ = w.reply.send(Err(ClientError::Timeout));
+            }
+        }
+        self.check_transfer();
+    }
+
+    /// Answers a leader transfer once this node sees the new leader, or at its deadline.
+    fn check_transfer(&mut self) {
+        let Some(t) = &self.transfer_wait else { return };
+        let r = if self.raw.raft.leader_id == t.to {
+            Ok(())
+        } else if t.deadline <= Instant::now() {
+            Err(ClientError::Timeout)
+        } else {
+            return;
+        };
+        if let Some(t) = self.transfer_wait.take() {
+            let _ = t.reply.send(r);
+        }
+    }
+
+    /// Handles `Ready`s until raft-rs has nothing more (bounded: a busy node still gets back
+    /// to its tick and inbox).
+    fn handle_ready(&mut self) -> Result<(), NodeError> {
+        self.maybe_leave_joint();
+        for _ in 0..4 {
+            if !self.raw.has_ready() {
+                break;
+            }
+            self.handle_one_ready()?;
+        }
+        Ok(())
     }
 
     /// Handles one `Ready` in raft-rs's documented order; see the crate docs.
-    fn handle_ready(&mut self) -> Result<(), NodeError> {
-        if !self.raw.has_ready() {
-            return Ok(());
-        }
+    fn handle_one_ready(&mut self) -> Result<(), NodeError> {
         let mut rd = self.raw.ready();
         let soft = rd.ss().map(|ss| (ss.leader_id, ss.raft_state));
 
@@ -429,16 +556,22 @@ impl<S: StateMachine, T: Transport> Runner<S, T> {
                 EntryType::EntryNormal => Some(self.replica.apply(e.index, &e.data)?),
                 EntryType::EntryConfChange => {
                     let cc = codec::decode_conf_change(&e.data)?;
-                    self.raw.apply_conf_change(&cc)?;
+                    let mut single = raft::eraftpb::ConfChangeSingle::default();
+                    single.set_change_type(cc.get_change_type());
+                    single.node_id = cc.node_id;
+                    let mut v2 = ConfChangeV2::default();
+                    v2.mut_changes().push(single);
+                    self.apply_conf_change(e.index, v2)?;
                     None
                 }
                 EntryType::EntryConfChangeV2 => {
                     let cc = codec::decode_conf_change_v2(&e.data)?;
-                    self.raw.apply_conf_change(&cc)?;
+                    self.apply_conf_change(e.index, cc)?;
                     None
                 }
             };
             self.replica.applied = e.index;
+            self.on_applied_for_membership(&e);
             // Anything pending below this index can no longer be ours.
             while let Some(entry) = self.proposals.first_entry() {
                 if *entry.key() > e.index {
@@ -453,6 +586,63 @@ impl<S: StateMachine, T: Transport> Runner<S, T> {
             }
         }
         Ok(())
+    }
+
+    /// Applies a committed conf change and makes the new configuration durable. One already
+    /// in the configuration the storage restored (at or below its index) is skipped. A change
+    /// raft refuses is ignored, the same way on every node (the configuration is the same).
+    fn apply_conf_change(&mut self, index: u64, cc: ConfChangeV2) -> Result<(), NodeError> {
+        if index <= self.raw.store().conf_state().0 {
+            return Ok(());
+        }
+        match self.raw.apply_conf_change(&cc) {
+            Ok(cs) => self.raw.mut_store().set_conf_state(index, cs)?,
+            Err(e) => tracing::warn!(node = self.cfg.id, index, "conf change ignored: {e}"),
+        }
+        Ok(())
+    }
+
+    /// Answers the membership change waiting here once `e` settles it.
+    fn on_applied_for_membership(&mut self, e: &Entry) {
+        let Some(w) = &self.member_wait else { return };
+        if e.index < w.index {
+            return;
+        }
+        let conf_entry = e.get_entry_type() != EntryType::EntryNormal;
+        let r = if e.index == w.index && e.term != w.term {
+            Err(self.not_leader())
+        } else if e.index == w.index && !conf_entry {
+            // raft-rs replaced the change with an empty entry: it refused it.
+            Err(ClientError::MembershipChangeInProgress)
+        } else if conf_entry {
+            let cs = self.raw.raft.prs().conf().to_conf_state();
+            if membership::is_joint(&cs) {
+                return;
+            }
+            Ok(membership::members(&cs))
+        } else {
+            return;
+        };
+        if let Some(w) = self.member_wait.take() {
+            let _ = w.reply.send(r);
+        }
+    }
+
+    /// A leader in a joint configuration with no leave pending proposes the leave (raft-rs
+    /// does it on applying the joint entry, but not if leadership changed in between).
+    fn maybe_leave_joint(&mut self) {
+        let r = &self.raw.raft;
+        let conf = r.prs().conf();
+        if r.state == StateRole::Leader
+            && *conf.auto_leave()
+            && membership::is_joint(&conf.to_conf_state())
+            && r.pending_conf_index <= r.raft_log.applied
+            && r.lead_transferee.is_none()
+        {
+            let _ = self
+                .raw
+                .propose_conf_change(vec![], ConfChangeV2::default());
+        }
     }
 
     fn on_read_state(&mut self, index: u64, ctx: &[u8]) {
@@ -487,6 +677,9 @@ impl<S: StateMachine, T: Transport> Runner<S, T> {
             for (_, p) in std::mem::take(&mut self.proposals) {
                 let _ = p.reply.send(Err(err.clone()));
             }
+            if let Some(w) = self.member_wait.take() {
+                let _ = w.reply.send(Err(err.clone()));
+            }
         }
         // A read index asked of a former leader may never be answered.
         let err = self.not_leader();
@@ -495,10 +688,14 @@ impl<S: StateMachine, T: Transport> Runner<S, T> {
         }
     }
 
+    /// Takes a snapshot and compacts the log every `snapshot_every` entries, or as soon as
+    /// raft-rs wanted to send a snapshot the storage could not serve (one from before a
+    /// new member joined does not name it, and the member would refuse it).
     fn maybe_compact(&mut self) -> Result<(), NodeError> {
         let snap = self.raw.store().snapshot_metadata().index;
         let applied = self.replica.applied;
-        if applied < snap + self.cfg.snapshot_every {
+        let wanted = self.raw.store().take_snapshot_wanted();
+        if applied <= snap || (applied < snap + self.cfg.snapshot_every && !wanted) {
             return Ok(());
         }
         let data = self.replica.snapshot()?;

@@ -4,7 +4,11 @@
 //!
 //! One redb file, two tables. `entries` maps a log index to the protobuf bytes of that entry.
 //! `meta` holds the hard state (term, vote, commit), the metadata of the latest snapshot (its
-//! index, term and `ConfState`), the snapshot's data, and the applied index.
+//! index, term and `ConfState`), the snapshot's data, the applied index, and the configuration
+//! of the latest applied conf change with its index ([`RedbStorage::set_conf_state`]).
+//!
+//! A founding member's storage starts with a snapshot at [`BOOTSTRAP_INDEX`]
+//! ([`RedbStorage::bootstrap`]); a joiner's (opened with no voters) starts empty, at 0.
 //!
 //! # Invariants (checked when the file is opened; a violation refuses to start)
 //!
@@ -13,9 +17,11 @@
 //!    This is the invariant a crash between "write hard state" and "write entries" breaks, and
 //!    the reason [`RedbStorage::persist_ready`] writes the `Ready`'s snapshot, entries and hard
 //!    state in **one** write transaction, fsynced (`Durability::Immediate`) before it returns.
-//! 3. The conf state stored is the one at the snapshot's index. On restart the node restores
-//!    the state machine from the snapshot and raft-rs replays the committed entries after it,
-//!    conf changes included, so everything above the snapshot is rebuilt from the log.
+//! 3. The snapshot's conf state is the one at the snapshot's index; the conf state of an
+//!    applied conf change, if newer, is stored with its index, which is in the log. On
+//!    restart raft-rs starts from the newest of the two ([`RedbStorage::conf_state`]), the node
+//!    restores the state machine from the snapshot and replays the committed entries after
+//!    it, skipping the conf changes at or below that index.
 //!
 //! The commit index learnt from a `LightReady` and the applied index are kept in memory and
 //! written with the next write (or by [`RedbStorage::flush`]). Losing them in a crash is safe:
@@ -35,6 +41,7 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
@@ -49,6 +56,12 @@ const K_HARD_STATE: &str = "hard_state";
 const K_SNAP_META: &str = "snapshot_meta";
 const K_SNAP_DATA: &str = "snapshot_data";
 const K_APPLIED: &str = "applied";
+const K_CONF: &str = "conf_state";
+
+/// Where a new cluster's log starts: [`RedbStorage::bootstrap`] writes a snapshot at this
+/// index, so the log of every founding member starts above it and a node that joins later
+/// (whose log is empty) can only catch up through a snapshot.
+pub const BOOTSTRAP_INDEX: u64 = 1;
 
 /// A storage failure. Every one of them stops the node: the disk is the node's memory.
 #[derive(Debug, thiserror::Error)]
@@ -141,6 +154,12 @@ pub struct RedbStorage {
     /// `terms[i]` is the term of entry `snap_meta.index + 1 + i`.
     terms: VecDeque<u64>,
     applied: u64,
+    /// The configuration after the latest applied conf change, and its index, if that is
+    /// newer than the snapshot's.
+    conf: Option<(u64, ConfState)>,
+    /// Set when raft-rs asked for a snapshot this storage cannot serve yet (too old, or one
+    /// whose configuration does not name the recipient); the node takes a fresh one.
+    snapshot_wanted: AtomicBool,
     dirty: bool,
     opts: StorageOptions,
     seq: u64,
@@ -193,6 +212,13 @@ impl RedbStorage {
             .try_into()
             .map(u64::from_be_bytes)
             .unwrap_or(snap_meta.index);
+        let conf = match get(K_CONF)? {
+            b if b.is_empty() => None,
+            b => {
+                let m = codec::decode_snapshot_metadata(&b)?;
+                (m.index > snap_meta.index).then(|| (m.index, m.get_conf_state().clone()))
+            }
+        };
         let entries = read.open_table(ENTRIES).map_err(engine)?;
         let mut terms = VecDeque::new();
         let corrupt = |what: String| StoreError::Corrupt {
@@ -218,6 +244,8 @@ impl RedbStorage {
             snap_meta,
             terms,
             applied,
+            conf,
+            snapshot_wanted: AtomicBool::new(false),
             dirty: false,
             opts,
             seq: 0,
@@ -228,6 +256,14 @@ impl RedbStorage {
                 store.hs.commit,
                 store.last()
             )));
+        }
+        if let Some((index, _)) = &store.conf {
+            if *index > store.last() {
+                return Err(corrupt(format!(
+                    "configuration applied at {index} is past the last log index {}",
+                    store.last()
+                )));
+            }
         }
         if store.hs.commit < store.snap_meta.index {
             return Err(corrupt(format!(
@@ -259,6 +295,81 @@ impl RedbStorage {
     /// The applied index last written to the file.
     pub fn applied(&self) -> u64 {
         self.applied
+    }
+
+    /// The configuration in force after the applied log, and the index it was applied at
+    /// (the snapshot's, or that of a later applied conf change).
+    pub fn conf_state(&self) -> (u64, &ConfState) {
+        match &self.conf {
+            Some((index, cs)) => (*index, cs),
+            None => (self.snap_meta.index, self.snap_meta.get_conf_state()),
+        }
+    }
+
+    /// Makes a pristine storage the first member of a new cluster: writes a snapshot at
+    /// [`BOOTSTRAP_INDEX`] (term 1) holding `data`, the state machine's initial state, with
+    /// the configuration given to [`RedbStorage::open`]. Does nothing on a storage that was
+    /// used, or that was opened with no voters (a joiner, which waits for the leader's
+    /// snapshot).
+    pub fn bootstrap(&mut self, data: Vec<u8>) -> Result<(), StoreError> {
+        let pristine = self.snap_meta.index == 0
+            && self.terms.is_empty()
+            && self.hs == HardState::default()
+            && self.conf.is_none();
+        if !pristine || self.snap_meta.get_conf_state().voters.is_empty() {
+            return Ok(());
+        }
+        let mut snap = Snapshot::default();
+        let mut meta = self.snap_meta.clone();
+        meta.index = BOOTSTRAP_INDEX;
+        meta.term = 1;
+        snap.set_metadata(meta);
+        snap.data = data.into();
+        let hs = HardState {
+            term: 1,
+            commit: BOOTSTRAP_INDEX,
+            ..Default::default()
+        };
+        self.applied = BOOTSTRAP_INDEX;
+        self.persist_ready(Some(&snap), &[], Some(&hs))
+    }
+
+    /// Records the configuration a conf change at `index` (applied, so committed and in the
+    /// log) led to; durable when this returns. A restart starts from it instead of replaying
+    /// the conf changes up to `index`.
+    pub fn set_conf_state(&mut self, index: u64, cs: ConfState) -> Result<(), StoreError> {
+        self.seq += 1;
+        let point = WritePoint {
+            seq: self.seq,
+            stage: CrashStage::BeforeCommit,
+            kind: WriteKind::Flush,
+            entries: None,
+            snapshot: false,
+            commit: self.hs.commit,
+            last_index_before: self.last(),
+        };
+        let mut meta = SnapshotMetadata {
+            index,
+            ..Default::default()
+        };
+        meta.set_conf_state(cs.clone());
+        let txn = self.db.begin_write().map_err(engine)?;
+        {
+            let mut m = txn.open_table(META).map_err(engine)?;
+            let b = codec::encode_pb(&meta)?;
+            m.insert(K_CONF, b.as_slice()).map_err(engine)?;
+        }
+        self.write_hard_state(&txn, &self.hs)?;
+        self.crash(point.clone(), CrashStage::BeforeCommit)?;
+        txn.commit().map_err(engine)?;
+        self.conf = Some((index, cs));
+        self.dirty = false;
+        self.crash(point, CrashStage::AfterCommit)
+    }
+
+    /// Whether raft-rs asked for a snapshot this storage could not serve since the last call.
+    pub fn take_snapshot_wanted(&self) -> bool {
+        self.snapshot_wanted.swap(false, Ordering::Relaxed)
     }
 
     /// The latest snapshot, data included.
@@ -360,6 +471,13 @@ impl RedbStorage {
         if let Some(s) = snapshot {
             self.snap_meta = s.get_metadata().clone();
             self.terms.clear();
+            if self
+                .conf
+                .as_ref()
+                .is_some_and(|(i, _)| *i <= self.snap_meta.index)
+            {
+                self.conf = None;
+            }
         }
         if let Some(e) = entries.first() {
             let keep = (e.index - self.first()) as usize;
@@ -486,6 +604,9 @@ impl RedbStorage {
         let drop_n = (index - self.snap_meta.index) as usize;
         self.terms.drain(..drop_n);
         self.snap_meta = meta;
+        if self.conf.as_ref().is_some_and(|(i, _)| *i <= index) {
+            self.conf = None;
+        }
         self.dirty = false;
         self.crash(point, CrashStage::AfterCommit)
     }
@@ -515,10 +636,7 @@ impl RedbStorage {
 
 impl Storage for RedbStorage {
     fn initial_state(&self) -> raft::Result<RaftState> {
-        Ok(RaftState::new(
-            self.hs.clone(),
-            self.snap_meta.get_conf_state().clone(),
-        ))
+        Ok(RaftState::new(self.hs.clone(), self.conf_state().1.clone()))
     }
 
     fn entries(
@@ -564,8 +682,16 @@ impl Storage for RedbStorage {
         Ok(self.last())
     }
 
-    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        if self.snap_meta.index < request_index {
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        let cs = self.snap_meta.get_conf_state();
+        let names_to = cs
+            .voters
+            .iter()
+            .chain(&cs.learners)
+            .chain(&cs.voters_outgoing)
+            .any(|&id| id == to);
+        if self.snap_meta.index < request_index || !names_to {
+            self.snapshot_wanted.store(true, Ordering::Relaxed);
             return Err(raft::Error::Store(
                 raft::StorageError::SnapshotTemporarilyUnavailable,
             ));
