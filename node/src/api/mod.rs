@@ -228,7 +228,10 @@ async fn env(State(v): View, Query(q): Query<StackQuery>) -> Response {
     answer(v.env(q.stack).await)
 }
 
-async fn set_env(State(v): View, body: Result<Json<EnvChange>, axum::extract::rejection::JsonRejection>) -> Response {
+async fn set_env(
+    State(v): View,
+    body: Result<Json<EnvChange>, axum::extract::rejection::JsonRejection>,
+) -> Response {
     match body {
         Ok(Json(change)) => answer(v.set_env(change).await.map(|()| serde_json::json!({ "ok": true }))),
         Err(e) => error(StatusCode::BAD_REQUEST, &format!("the body is not an env change ({{\"stack\": ..., \"set\": {{...}}, \"unset\": [...]}}): {e}")),

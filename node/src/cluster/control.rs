@@ -55,6 +55,22 @@ pub struct LeaderView {
     pub peers: Vec<PeerHealth>,
 }
 
+/// The leader's view from its own status.
+pub(super) fn leader_view_of(status: &quarry_consensus::Status) -> LeaderView {
+    LeaderView {
+        commit: status.commit,
+        peers: status
+            .progress
+            .iter()
+            .map(|(&raft_id, p)| PeerHealth {
+                raft_id,
+                matched: p.matched,
+                active: p.recent_active || raft_id == status.id,
+            })
+            .collect(),
+    }
+}
+
 /// The answer to a [`ControlRequest`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum ControlAnswer {
@@ -114,18 +130,7 @@ impl ControlService {
                 Err(AdmitError::NotLeader) => ControlAnswer::NotLeader { leader: None },
                 Err(AdmitError::Failed(m)) => ControlAnswer::Failed(m),
             },
-            ControlRequest::Progress => ControlAnswer::Progress(LeaderView {
-                commit: status.commit,
-                peers: status
-                    .progress
-                    .iter()
-                    .map(|(&raft_id, p)| PeerHealth {
-                        raft_id,
-                        matched: p.matched,
-                        active: p.recent_active || raft_id == status.id,
-                    })
-                    .collect(),
-            }),
+            ControlRequest::Progress => ControlAnswer::Progress(leader_view_of(&status)),
         }
     }
 }

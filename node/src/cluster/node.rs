@@ -25,6 +25,8 @@ pub const READ_DEADLINE: Duration = Duration::from_secs(5);
 const RETRY: Duration = Duration::from_millis(100);
 /// How long one forwarded request may take.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long asking a peer who leads may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How recently a voter must have been heard from to count as reachable.
 const REACHABLE_WITHIN: Duration = Duration::from_secs(3);
 
@@ -179,7 +181,10 @@ impl Cluster {
     }
 
     async fn status(&self) -> Result<Status, ClusterError> {
-        self.handle.status().await.map_err(|_| ClusterError::Stopped)
+        self.handle
+            .status()
+            .await
+            .map_err(|_| ClusterError::Stopped)
     }
 
     /// Send `req` to the server with Raft id `peer` on the Control lane.
@@ -266,7 +271,20 @@ impl Cluster {
                         Err(e) => Attempt::Retry(e),
                     }
                 }
-                (_, None) => Attempt::Retry(String::new()),
+                (_, None) => match self.find_leader().await {
+                    Some(leader) => {
+                        let req = ControlRequest::Propose {
+                            key,
+                            command: command.clone(),
+                        };
+                        match self.call(leader, &req).await {
+                            Ok(ControlAnswer::Applied(out)) => Attempt::Done(out),
+                            Ok(ControlAnswer::Failed(m)) => return Err(ClusterError::Failed(m)),
+                            _ => Attempt::Retry(String::new()),
+                        }
+                    }
+                    None => Attempt::Retry(String::new()),
+                },
             };
             match attempt {
                 Attempt::Done(out) => return Ok(out),
@@ -296,7 +314,11 @@ impl Cluster {
         let deadline = Instant::now() + READ_DEADLINE;
         loop {
             let g = f.clone();
-            match self.handle.read(move |m: &ClusterMachine| g(&m.state)).await {
+            match self
+                .handle
+                .read(move |m: &ClusterMachine| g(&m.state))
+                .await
+            {
                 Ok(r) => return Ok(r),
                 Err(ClientError::Stopped) => return Err(ClusterError::Stopped),
                 Err(_) if Instant::now() >= deadline => {
@@ -306,6 +328,30 @@ impl Cluster {
                 Err(_) => tokio::time::sleep(RETRY).await,
             }
         }
+    }
+
+    /// Ask the servers in the address book who leads, when this server does not know (it
+    /// has just started, or lost touch): the first answer naming a leader wins.
+    pub async fn find_leader(&self) -> Option<u64> {
+        let probes = self
+            .peers
+            .all()
+            .into_keys()
+            .filter(|&id| id != self.raft_id)
+            .map(|id| async move {
+                let asked =
+                    tokio::time::timeout(PROBE_TIMEOUT, self.call(id, &ControlRequest::Progress));
+                match asked.await {
+                    Ok(Ok(ControlAnswer::Progress(_))) => Some(id),
+                    Ok(Ok(ControlAnswer::NotLeader { leader })) => leader,
+                    _ => None,
+                }
+            });
+        futures_util::future::join_all(probes)
+            .await
+            .into_iter()
+            .flatten()
+            .find(|&l| l != self.raft_id)
     }
 
     /// Admit a joiner: on the leader, here; elsewhere, forwarded to it.
@@ -319,7 +365,20 @@ impl Cluster {
                     Err(AdmitError::Failed(m)) => return Err(m),
                     Err(AdmitError::NotLeader) => "leadership moved".to_owned(),
                 },
-                (_, Some(leader)) => {
+                (_, hint) => {
+                    let Some(leader) = (match hint {
+                        Some(l) => Some(l),
+                        None => self.find_leader().await,
+                    }) else {
+                        if Instant::now() >= deadline {
+                            return Err(format!(
+                                "the cluster could not admit the server: {}",
+                                self.no_leader(&status)
+                            ));
+                        }
+                        tokio::time::sleep(RETRY).await;
+                        continue;
+                    };
                     let req = ControlRequest::Admit {
                         member: member.clone(),
                     };
@@ -330,7 +389,6 @@ impl Cluster {
                         Err(e) => e,
                     }
                 }
-                (_, None) => String::new(),
             };
             if Instant::now() >= deadline {
                 let e = match status.leader {
@@ -386,18 +444,7 @@ impl Cluster {
     pub async fn leader_view(&self) -> Option<LeaderView> {
         let status = self.status().await.ok()?;
         match (status.role, status.leader) {
-            (Role::Leader, _) => Some(LeaderView {
-                commit: status.commit,
-                peers: status
-                    .progress
-                    .iter()
-                    .map(|(&raft_id, p)| super::control::PeerHealth {
-                        raft_id,
-                        matched: p.matched,
-                        active: p.recent_active || raft_id == status.id,
-                    })
-                    .collect(),
-            }),
+            (Role::Leader, _) => Some(super::control::leader_view_of(&status)),
             (_, Some(l)) => match self.call(l, &ControlRequest::Progress).await {
                 Ok(ControlAnswer::Progress(v)) => Some(v),
                 _ => None,

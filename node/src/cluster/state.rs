@@ -329,11 +329,7 @@ impl ClusterState {
         }
     }
 
-    fn found(
-        &mut self,
-        member: Member,
-        env: BTreeMap<String, String>,
-    ) -> Result<Outcome, Refusal> {
+    fn found(&mut self, member: Member, env: BTreeMap<String, String>) -> Result<Outcome, Refusal> {
         check_server_name(&member.name)?;
         if self.server_by_raft_id(FOUNDER_RAFT_ID).is_some() {
             return Err(Refusal::AlreadyFounded);
@@ -486,9 +482,7 @@ impl ClusterState {
     ) -> Result<Outcome, Refusal> {
         let domain = domain.to_ascii_lowercase();
         if domain.is_empty() || domain.contains(|c: char| c.is_whitespace() || c == '/') {
-            return Err(Refusal::Invalid(format!(
-                "{domain:?} is not a domain name"
-            )));
+            return Err(Refusal::Invalid(format!("{domain:?} is not a domain name")));
         }
         match target {
             Some(t) => {

@@ -19,7 +19,13 @@ fn founded() -> ClusterState {
     let mut s = ClusterState::default();
     let env = BTreeMap::from([("REGION".to_owned(), "lab".to_owned())]);
     assert_eq!(
-        s.apply(1, Command::Found { member: member("h1", "10.0.0.1"), env }),
+        s.apply(
+            1,
+            Command::Found {
+                member: member("h1", "10.0.0.1"),
+                env
+            }
+        ),
         Ok(Outcome::Founded)
     );
     s
@@ -127,7 +133,13 @@ fn an_update_needs_the_current_raft_id_and_removal_keeps_the_last_server() {
     );
     assert_eq!(s.servers["h2"].member.tags, ["router"]);
     assert!(matches!(
-        s.apply(6, Command::UpdateServer { raft_id: 9, member: m }),
+        s.apply(
+            6,
+            Command::UpdateServer {
+                raft_id: 9,
+                member: m
+            }
+        ),
         Err(Refusal::UnknownServer(_))
     ));
     assert_eq!(

@@ -161,43 +161,44 @@ pub fn read_env_dir(dir: &Path) -> BTreeMap<String, String> {
     env
 }
 
-/// Make this server's record match what it says about itself; the founder's first run
-/// records it with the initial global env from `env_dir`. Returns once the record is right,
-/// or when this server turns out to have been removed.
+/// Make this server's record say what it says about itself now (ports actually bound,
+/// memory, tags...); the founder's first run records it, with the initial global env from
+/// `env_dir`. Returns once done, or when this server turns out to have been removed.
+///
+/// It writes without reading first: a server that has just joined cannot read before the
+/// leader reaches it, and the leader reaches it at the address in its record, which may be
+/// the one to fix. An update that changes nothing costs one log entry per start.
 pub async fn keep_record(c: Arc<Cluster>, env_dir: PathBuf) {
     loop {
         let me = c.me();
-        let name = me.name.clone();
-        let found = c
-            .read(move |s: &ClusterState| {
-                (
-                    s.servers.get(&name).cloned(),
-                    s.server_by_raft_id(FOUNDER_RAFT_ID).is_some(),
-                )
-            })
-            .await;
-        let command = match found {
-            Err(ClusterError::Stopped) => return,
-            Err(_) => {
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                continue;
-            }
-            Ok((None, false)) if c.raft_id() == FOUNDER_RAFT_ID => Command::Found {
-                member: me,
-                env: read_env_dir(&env_dir),
-            },
-            Ok((Some(rec), _)) if rec.raft_id == c.raft_id() && rec.member != me => {
-                Command::UpdateServer {
-                    raft_id: c.raft_id(),
-                    member: me,
-                }
-            }
-            Ok(_) => return, // right already, or removed (follow_servers says so)
+        let update = Command::UpdateServer {
+            raft_id: c.raft_id(),
+            member: me.clone(),
         };
-        match c.write(command).await {
-            Ok(_) => tracing::info!("this server's record is up to date"),
+        let r = match c.write(update).await {
+            Err(ClusterError::Refused(Refusal::UnknownServer(_)))
+                if c.raft_id() == FOUNDER_RAFT_ID =>
+            {
+                c.write(Command::Found {
+                    member: me,
+                    env: read_env_dir(&env_dir),
+                })
+                .await
+            }
+            r => r,
+        };
+        match r {
+            Ok(_) => {
+                tracing::info!("this server's record is up to date");
+                return;
+            }
+            Err(ClusterError::Refused(e)) => {
+                tracing::warn!("this server's record is not in the cluster: {e}");
+                return; // removed: follow_servers stops the server when it sees it
+            }
+            Err(ClusterError::Stopped) => return,
             Err(e) => {
-                tracing::warn!("this server's record could not be updated yet: {e}");
+                tracing::info!("this server's record not updated yet: {e}");
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
@@ -312,10 +313,13 @@ mod tests {
             .expect("block");
         grid.add_block(ServerId("h1".to_owned()), 1 << 30, &[])
             .expect("block");
-        let servers: BTreeMap<_, _> =
-            [rec("h1", 1, 1 << 30), rec("h2", 2, 2 << 30), rec("h3", 3, 0)]
-                .into_iter()
-                .collect();
+        let servers: BTreeMap<_, _> = [
+            rec("h1", 1, 1 << 30),
+            rec("h2", 2, 2 << 30),
+            rec("h3", 3, 0),
+        ]
+        .into_iter()
+        .collect();
         assert_eq!(
             grid_ops_for(&servers, &grid),
             vec![

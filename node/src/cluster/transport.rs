@@ -129,7 +129,9 @@ impl RpcTransport {
     fn send_snapshot(&self, to: u64, addr: SocketAddr, bytes: Vec<u8>) {
         if !lock(&self.snapshots).insert(to) {
             // One snapshot at a time per peer; Raft asks again after this one's outcome.
-            let _ = self.inbox.try_send(Inbound::SnapshotStatus { to, ok: false });
+            let _ = self
+                .inbox
+                .try_send(Inbound::SnapshotStatus { to, ok: false });
             return;
         }
         let dialer = self.dialer.clone();

@@ -7,8 +7,7 @@ use quarry_consensus::Role;
 use super::node::{Cluster, ClusterError};
 use super::state::{ClusterState, Command, Refusal};
 use crate::api::{
-    ApiFailure, ClusterView, EnvChange, EnvView, GridView, RaftStatus, ServerEntry, Servers,
-    Status,
+    ApiFailure, ClusterView, EnvChange, EnvView, GridView, RaftStatus, ServerEntry, Servers, Status,
 };
 use crate::rpc::server::BoxFuture;
 
@@ -97,7 +96,7 @@ impl Cluster {
                     Some(v) => match v.peers.iter().find(|p| p.raft_id == id) {
                         None => "unknown".to_owned(),
                         Some(p) if !p.active => "unreachable".to_owned(),
-                        Some(p) if p.matched + 64 < v.commit => {
+                        Some(p) if p.matched == 0 || p.matched + 64 < v.commit => {
                             format!("behind {}", v.commit - p.matched)
                         }
                         Some(_) => "ok".to_owned(),
@@ -146,9 +145,7 @@ impl ClusterView for Cluster {
 
     fn grid(&self) -> BoxFuture<'_, Result<GridView, ApiFailure>> {
         Box::pin(async move {
-            let grid = self
-                .read(|s: &ClusterState| s.grid.state().clone())
-                .await?;
+            let grid = self.read(|s: &ClusterState| s.grid.state().clone()).await?;
             Ok(GridView { grid })
         })
     }

@@ -33,7 +33,9 @@ use tokio::sync::{mpsc, watch};
 pub use secrets::Secrets;
 
 use crate::api::{self, ApiServer};
-use crate::cluster::{self, Cluster, ClusterMachine, ControlService, PeerAddr, Peers, RpcTransport};
+use crate::cluster::{
+    self, Cluster, ClusterMachine, ControlService, PeerAddr, Peers, RpcTransport,
+};
 use crate::config::Config;
 use crate::pki::{self, ClusterCa, JoinToken};
 use crate::rpc::join::{self, JoinAuthority, JoinService, Member, ServerSettings};
@@ -157,7 +159,8 @@ fn ensure_data(cfg: &Config) -> Result<(), DaemonError> {
 fn write_node_file(cfg: &Config, node: NodeFile) -> Result<(), DaemonError> {
     let p = node_path(cfg);
     let tmp = p.with_extension("tmp");
-    let bytes = serde_json::to_vec_pretty(&node).map_err(|e| DaemonError::Invalid(e.to_string()))?;
+    let bytes =
+        serde_json::to_vec_pretty(&node).map_err(|e| DaemonError::Invalid(e.to_string()))?;
     std::fs::write(&tmp, bytes).map_err(file_err(&tmp))?;
     std::fs::rename(&tmp, &p).map_err(file_err(&p))
 }
@@ -246,7 +249,11 @@ pub struct Joined {
 
 /// `quarryd join`: be admitted by the member at `addr` and store the certificate, the
 /// cluster's secrets, the Raft id and the peers it named.
-pub async fn join(cfg: &Config, addr: SocketAddr, token: &JoinToken) -> Result<Joined, DaemonError> {
+pub async fn join(
+    cfg: &Config,
+    addr: SocketAddr,
+    token: &JoinToken,
+) -> Result<Joined, DaemonError> {
     let s = Secrets::of(cfg);
     if s.path("node.pem").exists() {
         return Err(DaemonError::AlreadyInitialized(s.path("node.pem")));
@@ -378,9 +385,20 @@ pub async fn run(cfg: &Config) -> Result<Running, DaemonError> {
             authority,
         ))),
     };
-    let rpc = RpcServer::bind(SocketAddr::new(cfg.address, cfg.rpc_port), &identity, handlers).await?;
+    let rpc = RpcServer::bind(
+        SocketAddr::new(cfg.address, cfg.rpc_port),
+        &identity,
+        handlers,
+    )
+    .await?;
     let view: Arc<dyn api::ClusterView> = cluster.clone();
-    let api = ApiServer::start(cfg.api_addr(), &cfg.paths.api_socket, s.admin_token()?, view).await?;
+    let api = ApiServer::start(
+        cfg.api_addr(),
+        &cfg.paths.api_socket,
+        s.admin_token()?,
+        view,
+    )
+    .await?;
     // What others dial: the ports actually bound (a config may say 0 in tests).
     me.rpc_port = rpc.local_addr().port();
     me.api_port = api.tcp_addr().port();

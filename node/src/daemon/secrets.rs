@@ -118,7 +118,6 @@ impl Secrets {
     }
 }
 
-
 impl Secrets {
     /// The join secret.
     pub fn join_secret(&self) -> Result<[u8; 32], DaemonError> {

@@ -187,7 +187,11 @@ pub struct RaftLink {
 }
 
 impl RaftLink {
-    fn spawn(addr: SocketAddr, tls: Arc<rustls::ClientConfig>, on_down: Option<OnDown>) -> RaftLink {
+    fn spawn(
+        addr: SocketAddr,
+        tls: Arc<rustls::ClientConfig>,
+        on_down: Option<OnDown>,
+    ) -> RaftLink {
         let down = move || {
             if let Some(f) = &on_down {
                 f();
