@@ -110,8 +110,9 @@ async fn status_and_servers_talk_to_a_running_server_with_the_token() {
     .expect("cli");
     let (servers, json, status, no_token, wrong, unreachable, unconfigured, grid) =
         (out.0, out.1, out.2, out.3, out.4, out.5, out.6, out.7);
-    let (set, set_stack, unset, env, env_stack, bad, remove_unknown, remove, after) =
-        (out.8, out.9, out.10, out.11, out.12, out.13, out.14, out.15, out.16);
+    let (set, set_stack, unset, env, env_stack, bad, remove_unknown, remove, after) = (
+        out.8, out.9, out.10, out.11, out.12, out.13, out.14, out.15, out.16,
+    );
 
     assert!(servers.status.success(), "{}", text(&servers));
     let table = String::from_utf8_lossy(&servers.stdout);
@@ -132,10 +133,7 @@ async fn status_and_servers_talk_to_a_running_server_with_the_token() {
         lines[2].starts_with("h2 ") && lines[2].contains("learner"),
         "{table}"
     );
-    assert!(
-        table.contains("2 servers: 1 voters, 1 learners"),
-        "{table}"
-    );
+    assert!(table.contains("2 servers: 1 voters, 1 learners"), "{table}");
 
     assert!(json.status.success(), "{}", text(&json));
     let v: serde_json::Value = serde_json::from_slice(&json.stdout).expect("json");
@@ -163,7 +161,12 @@ async fn status_and_servers_talk_to_a_running_server_with_the_token() {
     for o in [&set, &set_stack, &unset] {
         assert!(o.status.success(), "{}", text(o));
     }
-    assert_eq!(String::from_utf8_lossy(&env.stdout), "A=1\n", "{}", text(&env));
+    assert_eq!(
+        String::from_utf8_lossy(&env.stdout),
+        "A=1\n",
+        "{}",
+        text(&env)
+    );
     let v: serde_json::Value = serde_json::from_slice(&env_stack.stdout).expect("json");
     assert_eq!(v["env"]["A"], "stack", "{v}");
     assert_eq!(bad.status.code(), Some(1), "{}", text(&bad));

@@ -121,12 +121,12 @@ impl Target {
             self.token.as_deref(),
         )
         .await
-            .map_err(|e| match e {
-                ClientError::Unreachable { .. } => anyhow!(
-                    "{e}\nis quarryd running there (`quarryd run`)? check --node / QUARRY_ADDR"
-                ),
-                other => anyhow!(other),
-            })?;
+        .map_err(|e| match e {
+            ClientError::Unreachable { .. } => {
+                anyhow!("{e}\nis quarryd running there (`quarryd run`)? check --node / QUARRY_ADDR")
+            }
+            other => anyhow!(other),
+        })?;
         let server_says = || {
             serde_json::from_slice::<serde_json::Value>(&reply.body)
                 .ok()

@@ -224,6 +224,21 @@ pub fn read_peers(path: &Path) -> std::io::Result<BTreeMap<u64, PeerAddr>> {
     }
 }
 
+/// A leader whose server was removed waits (a little) for its reconciler to hand leadership
+/// over before it stops, so the cluster does not have to wait out an election.
+async fn hand_over(c: &Cluster) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while tokio::time::Instant::now() < deadline {
+        match c.handle().status().await {
+            Ok(s) if s.role == Role::Leader => {
+                c.wake.notify_one();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            _ => return,
+        }
+    }
+}
+
 /// Keep the address book and the peers file in step with the server records; set `removed`
 /// when this server's record, once seen, is gone (or belongs to a newer incarnation).
 ///
@@ -242,6 +257,7 @@ pub async fn follow_servers(c: Arc<Cluster>, peers_file: PathBuf, removed: watch
         if mine == Some(c.raft_id()) {
             seen_self = true;
         } else if seen_self {
+            hand_over(&c).await;
             tracing::error!(
                 "this server was removed from the cluster (`quarry servers remove {me}`); \
                  stopping. To join again, clear its data and secrets directories and run \
