@@ -22,8 +22,8 @@ pub struct ServersArgs {
 #[derive(Debug, clap::Subcommand)]
 pub enum Action {
     /// Remove a server from the cluster: its record goes, Raft takes it out of the
-    /// configuration (the voters follow the rule: 1 for 1–2 servers, 3 for 3–4, 5 from 5), its
-    /// grid block goes, and its quarryd, if running, stops.
+    /// configuration (the voters follow the rule: 1 for 1–2 servers, 3 for 3–4, 5 from 5) and
+    /// its grid block goes. Then stop quarryd on it (it takes no part any more).
     Remove {
         /// The server's name.
         name: String,
@@ -108,7 +108,7 @@ pub async fn run(args: ServersArgs) -> anyhow::Result<()> {
             } else {
                 println!(
                     "removed {name}: Raft takes it out of the configuration now (`quarry servers` \
-                     shows the voters following)"
+                     shows the voters following); then stop quarryd on {name}"
                 );
             }
         }

@@ -162,7 +162,6 @@ async fn act(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Run => {
             let running = daemon::run(&cfg).await?;
-            let mut removed = running.removed.clone();
             tracing::info!(
                 rpc = %running.rpc.local_addr(),
                 api = %running.api.tcp_addr(),
@@ -175,7 +174,6 @@ async fn act(cli: Cli) -> anyhow::Result<()> {
             tokio::select! {
                 r = tokio::signal::ctrl_c() => r?,
                 _ = term.recv() => {}
-                _ = removed.wait_for(|r| *r) => {}
             }
             tracing::info!("stopping");
             running.stop().await;

@@ -36,8 +36,9 @@
 //! 3 for 3–4, 5 from 5 on, learners for the rest — with one joint `ConfChangeV2` at a time,
 //! promoting only learners that have caught up (`membership.rs`, pure). Removing a server
 //! (`quarry servers remove NAME`) deletes its record; the reconciler then takes it out of
-//! Raft (handing leadership over first if it leads), its grid block goes, and the removed
-//! server, when it learns of it, stops.
+//! Raft (handing leadership over first if it leads) and its grid block goes. The removed
+//! server keeps running until its operator stops it — Raft may need its vote to take it out
+//! (the hand-over passes through two voters) — and its status says it was removed.
 //!
 //! # Invariants
 //!
@@ -73,8 +74,8 @@ pub use state::{
     GridResult, Outcome, Refusal, RouteTarget, ServerRecord, StackRecord, FOUNDER_RAFT_ID,
 };
 pub use tasks::{
-    follow_servers, grid_ops_for, keep_record, read_env_dir, read_peers, reconcile, write_peers,
-    RECONCILE_EVERY,
+    address_book, follow_servers, grid_ops_for, keep_record, read_env_dir, read_peers, reconcile,
+    write_peers, RECONCILE_EVERY,
 };
 pub use transport::{PeerAddr, Peers, RpcTransport};
 

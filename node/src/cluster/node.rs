@@ -2,6 +2,7 @@
 //! admissions, and what status needs.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -84,6 +85,8 @@ pub struct Cluster {
     control: Mutex<HashMap<u64, Requests>>,
     /// Wakes the leader's reconciler.
     pub(super) wake: Notify,
+    /// Set once this server's record was removed.
+    removed: AtomicBool,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -119,7 +122,17 @@ impl Cluster {
             sessions: Mutex::new(Vec::new()),
             control: Mutex::new(HashMap::new()),
             wake: Notify::new(),
+            removed: AtomicBool::new(false),
         }
+    }
+
+    /// Whether this server was removed from the cluster.
+    pub fn is_removed(&self) -> bool {
+        self.removed.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn set_removed(&self) {
+        self.removed.store(true, Ordering::Relaxed);
     }
 
     /// This server's Raft id.

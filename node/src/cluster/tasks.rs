@@ -8,7 +8,7 @@
 //! - [`keep_record`]: makes this server's record say what its config says (the founder's first
 //!   record, with the initial global env; later, new addresses, ports, memory or tags).
 //! - [`follow_servers`]: keeps the transport's address book and the peers file in step with
-//!   the server records, and notices when this server has been removed.
+//!   the server records ([`address_book`]), and notices when this server has been removed.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -16,7 +16,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use quarry_consensus::{MemberChange, Role, Status};
-use tokio::sync::watch;
 
 use super::membership::{self, Change, Progress, Step, View};
 use super::node::{Cluster, ClusterError};
@@ -224,28 +223,52 @@ pub fn read_peers(path: &Path) -> std::io::Result<BTreeMap<u64, PeerAddr>> {
     }
 }
 
-/// A leader whose server was removed waits (a little) for its reconciler to hand leadership
-/// over before it stops, so the cluster does not have to wait out an election.
-async fn hand_over(c: &Cluster) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while tokio::time::Instant::now() < deadline {
-        match c.handle().status().await {
-            Ok(s) if s.role == Role::Leader => {
-                c.wake.notify_one();
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            _ => return,
+/// The Raft address book: every server record; beside them, entries of the previous book
+/// whose Raft id is still in Raft's configuration (`conf`: a removed server keeps talking
+/// to the others until Raft has taken it out — the change needs its vote when it is one of two
+/// voters); and, until this server has seen its own record (`seeds`: `Some`), the servers its
+/// admission named: a new server must reach the current leader before the log has told it
+/// where that is. Pure.
+pub fn address_book(
+    servers: &BTreeMap<String, ServerRecord>,
+    previous: &BTreeMap<u64, PeerAddr>,
+    conf: &BTreeSet<u64>,
+    seeds: Option<&BTreeMap<u64, PeerAddr>>,
+) -> BTreeMap<u64, PeerAddr> {
+    let mut book: BTreeMap<u64, PeerAddr> = servers
+        .values()
+        .map(|s| {
+            (
+                s.raft_id,
+                PeerAddr {
+                    name: s.member.name.clone(),
+                    addr: s.member.rpc_addr(),
+                },
+            )
+        })
+        .collect();
+    for (id, p) in previous {
+        if conf.contains(id) {
+            book.entry(*id).or_insert_with(|| p.clone());
         }
     }
+    for (id, p) in seeds.into_iter().flatten() {
+        if !servers.contains_key(&p.name) {
+            book.entry(*id).or_insert_with(|| p.clone());
+        }
+    }
+    book
 }
 
-/// Keep the address book and the peers file in step with the server records; set `removed`
-/// when this server's record, once seen, is gone (or belongs to a newer incarnation).
-///
-/// Until this server's own record has been applied, the servers its admission named stay in
-/// the book beside the applied ones: a new server replays the log from the start, and must
-/// reach the current leader before the log has told it where that is.
-pub async fn follow_servers(c: Arc<Cluster>, peers_file: PathBuf, removed: watch::Sender<bool>) {
+/// How often the address book is looked at again without a change of the records (a removed
+/// server leaves it once Raft has taken it out of the configuration).
+const BOOK_EVERY: Duration = Duration::from_secs(1);
+
+/// Keep the address book and the peers file in step with the server records
+/// ([`address_book`]), and mark this server removed when its record, once seen, is gone (or
+/// belongs to a newer incarnation). A removed server keeps running (Raft may still need it
+/// to take it out); its status says to stop it.
+pub async fn follow_servers(c: Arc<Cluster>, peers_file: PathBuf) {
     let mut rx = c.servers_watch();
     let seeds = c.peers().all();
     let mut seen_self = false;
@@ -256,34 +279,26 @@ pub async fn follow_servers(c: Arc<Cluster>, peers_file: PathBuf, removed: watch
         let mine = servers.get(&me).map(|r| r.raft_id);
         if mine == Some(c.raft_id()) {
             seen_self = true;
-        } else if seen_self {
-            hand_over(&c).await;
+        } else if seen_self && !c.is_removed() {
             tracing::error!(
-                "this server was removed from the cluster (`quarry servers remove {me}`); \
-                 stopping. To join again, clear its data and secrets directories and run \
-                 `quarryd join`"
+                "this server was removed from the cluster (`quarry servers remove {me}`): stop                  quarryd here. To join again, clear its data and secrets directories and run                  `quarryd join`"
             );
-            let _ = removed.send(true);
-            return;
+            c.set_removed();
         }
         if !servers.is_empty() {
-            let mut book: BTreeMap<u64, PeerAddr> = if seen_self {
-                BTreeMap::new()
-            } else {
-                seeds.clone()
+            let conf = match c.configuration().await {
+                Some((v, l)) => v.union(&l).copied().collect(),
+                None => return, // Raft stopped
             };
-            let applied: BTreeSet<String> = servers.keys().cloned().collect();
-            book.retain(|_, p| !applied.contains(&p.name));
-            for s in servers.values() {
-                book.insert(
-                    s.raft_id,
-                    PeerAddr {
-                        name: s.member.name.clone(),
-                        addr: s.member.rpc_addr(),
-                    },
-                );
+            let book = address_book(
+                &servers,
+                &c.peers().all(),
+                &conf,
+                (!seen_self).then_some(&seeds),
+            );
+            if book != c.peers().all() {
+                c.peers().set(book.clone());
             }
-            c.peers().set(book.clone());
             if seen_self && written.as_ref() != Some(&book) {
                 if let Err(e) = write_peers(&peers_file, &book) {
                     tracing::warn!(file = %peers_file.display(), "peers file not written: {e}");
@@ -291,8 +306,9 @@ pub async fn follow_servers(c: Arc<Cluster>, peers_file: PathBuf, removed: watch
                 written = Some(book);
             }
         }
-        if rx.changed().await.is_err() {
-            return;
+        tokio::select! {
+            r = rx.changed() => if r.is_err() { return },
+            _ = tokio::time::sleep(BOOK_EVERY) => {}
         }
     }
 }
@@ -349,6 +365,44 @@ mod tests {
                 },
             ]
         );
+    }
+
+    fn peer(name: &str, port: u16) -> PeerAddr {
+        PeerAddr {
+            name: name.to_owned(),
+            addr: format!("10.0.0.9:{port}").parse().expect("addr"),
+        }
+    }
+
+    #[test]
+    fn the_address_book_keeps_a_removed_server_while_raft_still_counts_it() {
+        let servers: BTreeMap<_, _> = [rec("h1", 1, 1)].into_iter().collect();
+        let previous = BTreeMap::from([(1, peer("h1", 1)), (2, peer("h2", 2)), (3, peer("h3", 3))]);
+        // h2's record is gone but Raft still has it; h3 is out of both.
+        let book = address_book(&servers, &previous, &BTreeSet::from([1, 2]), None);
+        assert_eq!(book.keys().copied().collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(
+            book[&1].addr,
+            servers["h1"].member.rpc_addr(),
+            "records win"
+        );
+        let book = address_book(&servers, &previous, &BTreeSet::from([1]), None);
+        assert_eq!(book.keys().copied().collect::<Vec<_>>(), [1]);
+    }
+
+    #[test]
+    fn a_new_server_keeps_its_admission_peers_until_it_sees_its_own_record() {
+        let servers: BTreeMap<_, _> = [rec("h1", 1, 1)].into_iter().collect();
+        let seeds = BTreeMap::from([(1, peer("h1", 1)), (3, peer("h3", 3)), (4, peer("h4", 4))]);
+        let book = address_book(&servers, &BTreeMap::new(), &BTreeSet::new(), Some(&seeds));
+        assert_eq!(book.keys().copied().collect::<Vec<_>>(), [1, 3, 4]);
+        assert_eq!(
+            book[&1].addr,
+            servers["h1"].member.rpc_addr(),
+            "records win"
+        );
+        let book = address_book(&servers, &BTreeMap::new(), &BTreeSet::new(), None);
+        assert_eq!(book.keys().copied().collect::<Vec<_>>(), [1]);
     }
 
     #[test]

@@ -55,7 +55,14 @@ impl Cluster {
         };
         let names = |ids: &[u64]| ids.iter().map(|&i| self.name_of(i)).collect::<Vec<_>>();
         let in_config = s.voters.contains(&s.id) || s.learners.contains(&s.id);
-        out.health = if s.leader.is_some() && in_config {
+        out.health = if self.is_removed() {
+            format!(
+                "this server was removed from the cluster (`quarry servers remove {}`): stop \
+                 quarryd here; to join again, clear its data and secrets directories and run \
+                 `quarryd join`",
+                me.name
+            )
+        } else if s.leader.is_some() && in_config {
             "ok".to_owned()
         } else if !in_config && s.voters.is_empty() {
             "waiting for the leader to bring this server in (it replays the log first)".to_owned()

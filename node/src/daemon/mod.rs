@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 pub use secrets::Secrets;
 
@@ -307,8 +307,6 @@ pub struct Running {
     pub rpc: RpcServer,
     /// The HTTP API.
     pub api: ApiServer,
-    /// Becomes `true` when this server learns it was removed from the cluster.
-    pub removed: watch::Receiver<bool>,
     raft: quarry_consensus::NodeTask,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -404,11 +402,9 @@ pub async fn run(cfg: &Config) -> Result<Running, DaemonError> {
     me.api_port = api.tcp_addr().port();
     cluster.set_me(me);
 
-    let (removed_tx, removed) = watch::channel(false);
     tasks.push(tokio::spawn(cluster::follow_servers(
         cluster.clone(),
         peers_path(cfg),
-        removed_tx,
     )));
     tasks.push(tokio::spawn(cluster::keep_record(
         cluster.clone(),
@@ -419,7 +415,6 @@ pub async fn run(cfg: &Config) -> Result<Running, DaemonError> {
         cluster,
         rpc,
         api,
-        removed,
         raft,
         tasks,
     })
