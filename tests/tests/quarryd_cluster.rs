@@ -141,8 +141,7 @@ fn a_cluster_grows_to_five_fails_over_restarts_and_shrinks_back() {
             let agreed = seen
                 .iter()
                 .flatten()
-                .filter(|l| **l != old && seen.iter().flatten().filter(|m| m == l).count() >= 3)
-                .next()
+                .find(|l| **l != old && seen.iter().flatten().filter(|m| m == l).count() >= 3)
                 .cloned();
             agreed.ok_or_else(|| format!("leaders seen: {seen:?}"))
         },

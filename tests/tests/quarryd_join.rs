@@ -5,7 +5,7 @@
 
 mod support;
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use quarry_tests::Lab;
 use support::{admin_token, quarryd_in, secs, start, token_of, with_role, Cli};
@@ -22,6 +22,14 @@ fn joins_are_refused_with_clear_messages_and_the_api_needs_the_token() {
     assert!(ok, "init on h1: {out}{err}");
     let token = token_of(&out);
     start(&lab, h1, &bin);
+    let cli = Cli::new(cli_bin, admin_token(h1));
+    quarry_tests::poll("h1 lists itself", Duration::from_secs(20), || {
+        let v = cli.json(h1, &["servers"])?;
+        (with_role(&v, "voter") == ["h1"])
+            .then_some(())
+            .ok_or_else(|| v.to_string())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", lab.logs_tail(30)));
     let member = h1.addr().to_string(); // the default RPC port
 
     let refused = |args: &[&str], says: &[&str]| {
@@ -61,17 +69,12 @@ fn joins_are_refused_with_clear_messages_and_the_api_needs_the_token() {
     assert!(out.contains("servers: h1, h2"), "{out}");
     start(&lab, h2, &bin);
 
-    let cli = Cli::new(cli_bin, admin_token(h1));
-    let servers = quarry_tests::poll(
-        "h1 voter, h2 learner",
-        std::time::Duration::from_secs(20),
-        || {
-            let v = cli.json(h2, &["servers"])?;
-            (with_role(&v, "voter") == ["h1"] && with_role(&v, "learner") == ["h2"])
-                .then_some(v.clone())
-                .ok_or_else(|| v.to_string())
-        },
-    )
+    let servers = quarry_tests::poll("h1 voter, h2 learner", Duration::from_secs(20), || {
+        let v = cli.json(h2, &["servers"])?;
+        (with_role(&v, "voter") == ["h1"] && with_role(&v, "learner") == ["h2"])
+            .then_some(v.clone())
+            .ok_or_else(|| v.to_string())
+    })
     .unwrap_or_else(|e| panic!("{e}\n{}", lab.logs_tail(30)));
     assert_eq!(servers["servers"][1]["address"], h2.addr().to_string());
 

@@ -47,6 +47,10 @@ pub struct Progress {
 pub struct View {
     /// The leader's Raft id.
     pub leader: u64,
+    /// Whether the leader's record was removed (it is leaving). A leader that is not among
+    /// `servers` and was not removed has simply not applied its own record yet (the founder's
+    /// first moments): nothing is done then.
+    pub leader_removed: bool,
     /// The Raft ids of the committed server records.
     pub servers: BTreeSet<u64>,
     /// Raft's current voters.
@@ -107,10 +111,10 @@ fn odd_floor(n: usize) -> usize {
 
 /// The next step toward the rule. Pure.
 pub fn plan(v: &View) -> Step {
-    if v.servers.is_empty() {
-        return Step::Keep; // nothing committed yet (the founder's record is on its way)
-    }
     let leader_stays = v.servers.contains(&v.leader);
+    if v.servers.is_empty() || (!leader_stays && !v.leader_removed) {
+        return Step::Keep; // the leader's own record (the founder's) is not applied yet
+    }
     let want = voters_for(v.servers.len());
 
     // Voters that stay candidates for the new voter set: current voters still in the server
@@ -198,6 +202,7 @@ mod tests {
     fn view(leader: u64, servers: &[u64], voters: &[u64], learners: &[u64]) -> View {
         View {
             leader,
+            leader_removed: !servers.contains(&leader),
             servers: set(servers),
             voters: set(voters),
             learners: set(learners),
@@ -361,6 +366,14 @@ mod tests {
     #[test]
     fn nothing_is_done_before_any_server_is_committed() {
         let v = view(1, &[], &[1], &[]);
+        assert_eq!(plan(&v), Step::Keep);
+    }
+
+    #[test]
+    fn a_joiner_admitted_before_the_founders_record_does_not_unseat_the_founder() {
+        // Only the joiner's record is applied; the founder leads and was never removed.
+        let mut v = view(1, &[2], &[1], &[2]);
+        v.leader_removed = false;
         assert_eq!(plan(&v), Step::Keep);
     }
 }

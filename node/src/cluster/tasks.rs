@@ -47,9 +47,10 @@ pub fn grid_ops_for(servers: &BTreeMap<String, ServerRecord>, grid: &Grid) -> Ve
     ops
 }
 
-fn view_of(status: &Status, servers: &BTreeMap<String, ServerRecord>) -> View {
+fn view_of(status: &Status, servers: &BTreeMap<String, ServerRecord>, removed: bool) -> View {
     View {
         leader: status.id,
+        leader_removed: removed,
         servers: servers.values().map(|s| s.raft_id).collect(),
         voters: status.voters.iter().copied().collect(),
         learners: status.learners.iter().copied().collect(),
@@ -72,7 +73,7 @@ fn view_of(status: &Status, servers: &BTreeMap<String, ServerRecord>) -> View {
 
 async fn membership_step(c: &Cluster, status: &Status) {
     let servers = c.servers_now();
-    match membership::plan(&view_of(status, &servers)) {
+    match membership::plan(&view_of(status, &servers, c.is_removed())) {
         Step::Keep => {}
         Step::Change(changes) => {
             let raft: Vec<MemberChange> = changes

@@ -1,7 +1,5 @@
 //! The cluster as the HTTP API sees it ([`ClusterView`] for [`Cluster`]).
 
-use std::collections::BTreeMap;
-
 use quarry_consensus::Role;
 
 use super::node::{Cluster, ClusterError};
@@ -163,11 +161,7 @@ impl ClusterView for Cluster {
             let env = self
                 .read(move |s: &ClusterState| match &which {
                     None => s.env.clone(),
-                    Some(st) => s
-                        .stacks
-                        .get(st)
-                        .map(|r| r.env.clone())
-                        .unwrap_or_else(BTreeMap::new),
+                    Some(st) => s.stacks.get(st).map(|r| r.env.clone()).unwrap_or_default(),
                 })
                 .await?;
             Ok(EnvView { stack, env })

@@ -243,6 +243,10 @@ pub enum JoinError {
     },
 }
 
+/// How long a joiner waits for the member's answer (the member forwards the admission to the
+/// leader, which commits it and adds the joiner as a learner).
+pub const JOIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Ask the member at `addr` to admit this server. `key_pem` stays here; `csr_pem` is its CSR.
 pub async fn join(
     addr: SocketAddr,
@@ -260,7 +264,16 @@ pub async fn join(
         member,
     };
     codec::send(&mut s, &req).await.map_err(|e| rpc(e.into()))?;
-    let answer: JoinAnswer = codec::recv(&mut s).await.map_err(|e| rpc(e.into()))?;
+    let answer: JoinAnswer = tokio::time::timeout(JOIN_TIMEOUT, codec::recv(&mut s))
+        .await
+        .map_err(|_| JoinError::Refused {
+            addr,
+            reason: format!(
+                "no answer within {JOIN_TIMEOUT:?}: the cluster may have no leader; retry when \
+                 `quarry status` on a member shows one"
+            ),
+        })?
+        .map_err(|e| rpc(e.into()))?;
     let admitted = answer.map_err(|reason| JoinError::Refused { addr, reason })?;
     let pem_der = |p: &str| pem::parse(p).ok().map(|p| p.into_contents());
     if presented.as_deref().and_then(pem_der) != pem_der(&admitted.ca_pem)
