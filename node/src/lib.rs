@@ -26,5 +26,6 @@ pub mod pki;
 pub mod reconcile;
 pub mod router;
 pub mod rpc;
+pub mod source;
 pub mod spec;
 pub mod types;
