@@ -17,6 +17,7 @@ pub mod api;
 pub mod build;
 pub mod config;
 pub mod daemon;
+pub mod deploy;
 pub mod docker;
 pub mod gossip;
 pub mod grid;
