@@ -23,6 +23,7 @@ pub mod gossip;
 pub mod grid;
 pub mod health;
 pub mod hosts;
+pub mod images;
 pub mod pki;
 pub mod reconcile;
 pub mod router;
