@@ -53,6 +53,17 @@ impl Carrier for Direct {
     }
 }
 
+/// Removes the test image however the test ends (a failed assertion included).
+struct Cleanup(String);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("docker")
+            .args(["rmi", "-f", &self.0])
+            .output();
+    }
+}
+
 /// Builds a small image (static busybox and a stamp, ~2 MB) under a tag of its own.
 async fn test_image(engine: &Engine, dir: &std::path::Path) -> String {
     let ctx = dir.join("img");
@@ -146,6 +157,7 @@ async fn a_whole_stream_loads_and_a_damaged_or_unfinished_one_loads_nothing() {
     let engine = Engine::connect().await.expect("a Docker engine runs here");
     let tmp = tempfile::tempdir().expect("tmp");
     let tag = test_image(&engine, tmp.path()).await;
+    let _cleanup = Cleanup(tag.clone());
     let requests = record_then_remove(&engine, &tag).await;
     let chunks = chunk_positions(&requests);
     assert!(chunks.len() >= 2, "the image spans several chunks");
@@ -205,7 +217,6 @@ async fn a_whole_stream_loads_and_a_damaged_or_unfinished_one_loads_nothing() {
         .await
         .expect_err("ended");
     assert!(e.contains("is not open here"), "{e}");
-    images::remove(&engine, &[tag]).await.expect("cleanup");
 }
 
 #[tokio::test]
@@ -213,6 +224,7 @@ async fn a_cancelled_transfer_stops_and_closes_the_receivers_side() {
     let engine = Engine::connect().await.expect("a Docker engine runs here");
     let tmp = tempfile::tempdir().expect("tmp");
     let tag = test_image(&engine, tmp.path()).await;
+    let _cleanup = Cleanup(tag.clone());
     let rx = Arc::new(ImageReceiver::new(engine.clone()));
     let cancel = Cancel::new();
     let progress: Arc<Mutex<Vec<Progress>>> = Arc::default();
@@ -261,5 +273,4 @@ async fn a_cancelled_transfer_stops_and_closes_the_receivers_side() {
     .await
     .expect("sent");
     assert_eq!(report.images, vec![tag.clone()]);
-    images::remove(&engine, &[tag]).await.expect("cleanup");
 }
