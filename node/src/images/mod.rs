@@ -12,13 +12,13 @@
 //! ```
 //!
 //! - [`send_images`] saves images from the local engine and sends them through any
-//!   [`Carrier`] (a request/response byte link; [`crate::rpc::client::Requests`] on the Bulk
-//!   lane is one), one chunk per request, reporting [`Progress`] after each, and stopping at
+//!   [`Carrier`] (a request/response byte link, [`crate::bulk`]; the Bulk lane's
+//!   [`crate::rpc::client::Requests`] is one), one chunk per request, reporting [`Progress`] after each, and stopping at
 //!   the next chunk when [`Cancel`]led.
-//! - [`ImageReceiver`] answers those requests (it is a Bulk-lane
-//!   [`RequestHandler`](crate::rpc::server::RequestHandler), or call
-//!   [`ImageReceiver::handle`] from a dispatcher: [`wire::is_image_request`] tells its
-//!   requests apart) and pipes each transfer into its local engine's `docker load`.
+//! - [`ImageReceiver`] answers those requests (through [`crate::bulk::BulkHandler`], which
+//!   tells them apart by [`wire::is_image_request`]; it is also a
+//!   [`RequestHandler`](crate::rpc::server::RequestHandler) on its own) and pipes each
+//!   transfer into its local engine's `docker load`.
 //! - [`plan`] decides, from which servers run which images and which have them, the
 //!   transfers to do and the images to remove after a deploy.
 //!
@@ -61,8 +61,8 @@ pub use receive::ImageReceiver;
 pub use send::{send_images, SendReport};
 pub use wire::LoadReport;
 
+pub use crate::bulk::{Carrier, CarrierError};
 use crate::docker::{image::image_exists, is_not_found, DockerError, Engine};
-use crate::rpc::server::BoxFuture;
 
 /// The largest chunk sent in one request (well under the Bulk lane's 64 MiB frame).
 pub const CHUNK: usize = 1 << 20;
@@ -157,36 +157,6 @@ impl Cancel {
         let mut rx = self.0.subscribe();
         // The sender lives in self, so wait_for only ends when the value turns true.
         let _ = rx.wait_for(|c| *c).await;
-    }
-}
-
-/// Why a carrier call failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum CarrierError {
-    /// The other side answered with an error.
-    #[error("{0}")]
-    Remote(String),
-    /// The link failed (connection, TLS, framing).
-    #[error("{0}")]
-    Link(String),
-}
-
-/// A request/response byte link to the receiving server: one request, one answer, in order.
-pub trait Carrier: Send {
-    /// Send one request and wait for its answer.
-    fn call<'a>(&'a mut self, request: &'a [u8]) -> BoxFuture<'a, Result<Vec<u8>, CarrierError>>;
-}
-
-impl Carrier for crate::rpc::client::Requests {
-    fn call<'a>(&'a mut self, request: &'a [u8]) -> BoxFuture<'a, Result<Vec<u8>, CarrierError>> {
-        Box::pin(async move {
-            crate::rpc::client::Requests::call(self, request)
-                .await
-                .map_err(|e| match e {
-                    crate::rpc::RpcError::Remote(m) => CarrierError::Remote(m),
-                    other => CarrierError::Link(other.to_string()),
-                })
-        })
     }
 }
 

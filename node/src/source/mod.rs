@@ -11,6 +11,9 @@
 //! second server stores a copy before the deploy is committed (DESIGN.md: a crash of the
 //! receiving server never loses a committed deploy); whichever server builds unpacks it.
 //!
+//! [`wire`] carries sources between servers over the Bulk lane ([`crate::bulk`]): `push` a
+//! copy to another server, `fetch` one from it.
+//!
 //! # Invariants
 //!
 //! - **The tree is the one quarry hashes**: [`pack`] takes exactly the files of
@@ -35,6 +38,7 @@
 //! compression.
 
 mod store;
+pub mod wire;
 
 use std::fmt;
 use std::fs;
@@ -182,6 +186,9 @@ pub enum SourceError {
     /// The unpack destination is not empty.
     #[error("cannot unpack into {0}: it is not empty (unpack into a new directory)")]
     NotEmpty(PathBuf),
+    /// Another server refused the source or could not be reached.
+    #[error("the other server: {0}")]
+    Remote(String),
     /// Some other file system failure.
     #[error("{what}: {source}")]
     Io {

@@ -18,6 +18,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
+use quarry_node::bulk::BulkHandler;
 use quarry_node::docker::Engine;
 use quarry_node::images::{self, Cancel, ImageReceiver};
 use quarry_node::pki::NodeIdentity;
@@ -77,8 +78,12 @@ async fn main() -> anyhow::Result<()> {
 
 async fn serve(addr: SocketAddr, pki: &Path) -> anyhow::Result<()> {
     let engine = Engine::connect().await?;
+    let bulk = BulkHandler {
+        images: Some(Arc::new(ImageReceiver::new(engine))),
+        sources: None,
+    };
     let handlers = Handlers {
-        bulk: Some(Arc::new(ImageReceiver::new(engine))),
+        bulk: Some(Arc::new(bulk)),
         ..Handlers::default()
     };
     let server = RpcServer::bind(addr, &identity(pki)?, handlers).await?;
