@@ -209,6 +209,15 @@ async fn a_whole_stream_loads_and_a_damaged_or_unfinished_one_loads_nothing() {
     let report: LoadReport = serde_json::from_slice(&answer).expect("report");
     assert_eq!(report.images, vec![tag.clone()]);
     assert!(image_exists(&engine, &tag).await.expect("inspect"));
+    // The stack label survived save and load: the server "has" it as the stack's image.
+    let of_stack = images::stack_images(&engine, "images-test")
+        .await
+        .expect("list");
+    assert!(of_stack.contains(&tag), "{of_stack:?}");
+    let other = images::stack_images(&engine, "no-such-stack")
+        .await
+        .expect("list");
+    assert!(other.is_empty(), "{other:?}");
     wait_closed(&rx).await;
 
     // Replaying the same transfer id after it ended is refused as unknown at its first chunk.

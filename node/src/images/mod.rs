@@ -75,6 +75,9 @@ pub const BODY_QUEUE: usize = 4;
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// The longest one request may take before the sender gives up.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(120);
+/// The longest the End request may take: the receiver's engine finishes the load (registers
+/// every layer) before it answers.
+pub const END_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// A transfer's id: 16 random bytes, hex in JSON.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -183,7 +186,7 @@ pub enum TransferError {
     /// The receiver refused or failed the transfer.
     #[error("the receiving server: {0}")]
     Remote(String),
-    /// A request got no answer in [`CALL_TIMEOUT`].
+    /// A request got no answer in [`CALL_TIMEOUT`] ([`END_TIMEOUT`] for the last).
     #[error("the receiving server did not answer within {0:?}; nothing was loaded there")]
     Timeout(Duration),
     /// [`Cancel::cancel`] was called; nothing was loaded.
@@ -203,6 +206,32 @@ pub async fn present(engine: &Engine, images: &[String]) -> Result<Vec<String>, 
         }
     }
     Ok(out)
+}
+
+/// The tags of the engine's images built for `stack` (labelled `quarry.stack=STACK` by
+/// [`crate::docker::image`]'s builds; `docker save`/`load` keeps the label): what a server
+/// "has" in [`ImageNeeds`].
+pub async fn stack_images(
+    engine: &Engine,
+    stack: &str,
+) -> Result<std::collections::BTreeSet<String>, DockerError> {
+    let options = bollard::query_parameters::ListImagesOptions {
+        filters: Some(std::collections::HashMap::from([(
+            "label".to_owned(),
+            vec![format!("{}={stack}", crate::types::labels::STACK)],
+        )])),
+        ..Default::default()
+    };
+    let list = engine
+        .client()
+        .list_images(Some(options))
+        .await
+        .map_err(|e| DockerError::api(format!("listing the images of stack {stack}"), e))?;
+    Ok(list
+        .into_iter()
+        .flat_map(|i| i.repo_tags)
+        .filter(|t| t != "<none>:<none>")
+        .collect())
 }
 
 /// Remove images from the engine (a plan's removals). An image already gone is fine; one a

@@ -216,7 +216,10 @@ impl Session {
                     let _ = body_tx.send(Err(cut("sender went silent"))).await;
                     break Err(format!("no message for {:?}: given up", self.idle));
                 }
-                Ok(None) => break Err("the receiver is stopping".to_owned()),
+                Ok(None) => {
+                    let _ = body_tx.send(Err(cut("receiver stopping"))).await;
+                    break Err("the receiver is stopping".to_owned());
+                }
                 Ok(Some(SessionMsg::Abort { reason })) => {
                     let _ = body_tx.send(Err(cut("aborted"))).await;
                     break Err(format!("aborted by the sender: {reason}"));

@@ -8,6 +8,7 @@ use sha2::{Digest, Sha256};
 use super::wire::{self, Abort, Begin, End, LoadReport, Message};
 use super::{
     Cancel, Carrier, CarrierError, Progress, TransferError, TransferId, CALL_TIMEOUT, CHUNK,
+    END_TIMEOUT,
 };
 use crate::docker::{is_not_found, DockerError, Engine};
 
@@ -126,7 +127,7 @@ impl Sending {
             bytes: self.sent,
             sha256: sha256.clone(),
         });
-        let answer = call(carrier, &wire::encode(&end), self.sent).await?;
+        let answer = call_within(carrier, &wire::encode(&end), self.sent, END_TIMEOUT).await?;
         let report: LoadReport = serde_json::from_slice(&answer)
             .map_err(|e| TransferError::Remote(format!("an unreadable answer to End: {e}")))?;
         progress(Progress {
@@ -179,8 +180,17 @@ async fn call(
     request: &[u8],
     sent: u64,
 ) -> Result<Vec<u8>, TransferError> {
-    match tokio::time::timeout(CALL_TIMEOUT, carrier.call(request)).await {
-        Err(_) => Err(TransferError::Timeout(CALL_TIMEOUT)),
+    call_within(carrier, request, sent, CALL_TIMEOUT).await
+}
+
+async fn call_within(
+    carrier: &mut dyn Carrier,
+    request: &[u8],
+    sent: u64,
+    limit: std::time::Duration,
+) -> Result<Vec<u8>, TransferError> {
+    match tokio::time::timeout(limit, carrier.call(request)).await {
+        Err(_) => Err(TransferError::Timeout(limit)),
         Ok(Ok(answer)) => Ok(answer),
         Ok(Err(CarrierError::Remote(m))) => Err(TransferError::Remote(m)),
         Ok(Err(CarrierError::Link(detail))) => Err(TransferError::Link { sent, detail }),
