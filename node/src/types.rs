@@ -101,7 +101,8 @@ pub struct SliceSpec {
     pub memory: u64,
     /// Tags the server must carry.
     pub tags: Vec<String>,
-    /// The replicas of one node (`STACK.NODE`): spread over servers where room allows.
+    /// The replicas of one revision of a node (`STACK.NODE.rREVISION`, see
+    /// [`crate::build::replica_group`]): spread over servers where room allows.
     pub group: String,
     /// A service's slice stays where it is.
     pub pinned: bool,

@@ -105,7 +105,7 @@ async fn local_grid(args: Args) -> anyhow::Result<ExitCode> {
             id: c.slice.clone(),
             memory: c.memory,
             tags: Vec::new(),
-            group: format!("{}.{}", c.stack, c.node),
+            group: build::replica_group(&c.stack, &c.node, c.revision),
             pinned: c.kind == quarry_node::types::Kind::Service,
         })
     {

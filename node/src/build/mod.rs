@@ -175,11 +175,18 @@ impl Plan {
                     .node(&c.node)
                     .map(|n| n.tags.clone())
                     .unwrap_or_default(),
-                group: format!("{}.{}", c.stack, c.node),
+                group: replica_group(&c.stack, &c.node, c.revision),
                 pinned: c.kind == Kind::Service,
             })
             .collect()
     }
+}
+
+/// The grid group of a node's replicas of one revision (`STACK.NODE.rREVISION`): the grid
+/// spreads them over servers. Per revision, so the new replicas of a DEPLOY spread among
+/// themselves however the old ones, still running beside them, are placed.
+pub fn replica_group(stack: &str, node: &str, revision: u64) -> String {
+    format!("{stack}.{node}.r{revision}")
 }
 
 /// The definition of a node: what its hash covers.

@@ -94,31 +94,41 @@ fn default_name(dir: &Path) -> String {
         .unwrap_or_else(|| "stack".to_owned())
 }
 
-/// The content digest of a directory (hex sha256): every file under it, in path order, with
-/// its relative path, executable bit and content. `.git` is skipped. Symbolic links are
-/// followed, as quarry's build context follows them (so `busybox -> /bin/busybox` sends, and
-/// hashes, the binary itself).
+/// The content digest of a directory (hex sha256): every file of [`list_files`], in that order,
+/// with its relative path, executable bit and content. Symbolic links are followed, as quarry's
+/// build context follows them (so `busybox -> /bin/busybox` sends, and hashes, the binary
+/// itself).
 pub fn digest_dir(dir: &Path) -> io::Result<String> {
-    let mut files = Vec::new();
-    walk(dir, Path::new(""), 0, &mut files)?;
-    files.sort();
     let mut h = Sha256::new();
-    for rel in files {
+    for rel in list_files(dir)? {
         let full = dir.join(&rel);
         let meta = fs::metadata(&full)?;
         h.update(rel.to_string_lossy().as_bytes());
         h.update([0]);
-        use std::os::unix::fs::PermissionsExt;
-        h.update(if meta.permissions().mode() & 0o111 != 0 {
-            b"x"
-        } else {
-            b"f"
-        });
+        h.update(if is_executable(&meta) { b"x" } else { b"f" });
         h.update(meta.len().to_le_bytes());
         h.update(fs::read(&full)?);
         h.update([0]);
     }
     Ok(hex::encode(h.finalize()))
+}
+
+/// The files of a stack or build directory, as quarry sends and hashes them: every regular
+/// file under `dir` (relative paths, sorted), symbolic links followed (a dangling one is an
+/// error naming it), `.git` skipped, directories only as the paths leading to files (an empty
+/// directory is not part of the tree).
+pub fn list_files(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    walk(dir, Path::new(""), 0, &mut files)?;
+    files.sort();
+    Ok(files)
+}
+
+/// Whether a file counts as executable: any of its execute bits is set. Only this bit of the
+/// mode is part of a tree (in its digest and in a packed source).
+pub fn is_executable(meta: &fs::Metadata) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    meta.permissions().mode() & 0o111 != 0
 }
 
 fn walk(root: &Path, rel: &Path, depth: usize, out: &mut Vec<PathBuf>) -> io::Result<()> {

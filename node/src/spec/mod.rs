@@ -18,7 +18,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-pub use load::{digest_dir, load, load_with, DirFacts, LoadError};
+pub use load::{digest_dir, is_executable, list_files, load, load_with, DirFacts, LoadError};
 pub use validate::parse;
 
 use crate::types::{Command, Health, ImageSource, Kind};
