@@ -19,6 +19,9 @@ fn config(dir: &Path, name: &str) -> Config {
     c.paths.data = dir.join(name).join("data");
     c.paths.secrets = dir.join(name).join("secrets");
     c.paths.api_socket = dir.join(name).join("api.sock");
+    // Gossip on a free port; the managed hosts block in a file of the test's own.
+    c.gossip_port = 0;
+    c.paths.hosts_file = dir.join(name).join("hosts");
     c
 }
 

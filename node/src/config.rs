@@ -7,6 +7,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -45,6 +46,11 @@ pub struct Config {
     pub host_ports: (u16, u16),
     /// Switch the iptables lockdown on.
     pub firewall: bool,
+    /// How long a voter must be dead in gossip and unreachable over RPC before the leader
+    /// replaces it by a learner (`"120s"`, `"2m"`; whole `ms`, `s` or `m`).
+    pub heal_grace: String,
+    /// How long gossip remembers a dead server before forgetting it (`"60s"`).
+    pub gossip_forget_after: String,
     /// Where paths live.
     pub paths: Paths,
 }
@@ -93,6 +99,8 @@ impl Default for Config {
             tags: Vec::new(),
             host_ports: (20000, 29999),
             firewall: false,
+            heal_grace: "120s".to_owned(),
+            gossip_forget_after: "60s".to_owned(),
             paths: Paths::default(),
         }
     }
@@ -117,6 +125,12 @@ pub enum ConfigError {
         /// What is wrong, with the position when known.
         message: String,
     },
+}
+
+fn duration(key: &str, text: &str) -> Result<Duration, String> {
+    crate::spec::units::parse_duration_ms(text)
+        .map(Duration::from_millis)
+        .map_err(|e| format!("{key} = {text:?}: {e} (e.g. \"120s\" or \"2m\")"))
 }
 
 impl Config {
@@ -168,7 +182,19 @@ impl Config {
         if let Some(m) = &self.memory {
             crate::spec::units::parse_size(m).map_err(|e| format!("memory = {m:?}: {e}"))?;
         }
+        self.heal_grace()?;
+        self.gossip_forget_after()?;
         Ok(())
+    }
+
+    /// `heal_grace` as a duration.
+    pub fn heal_grace(&self) -> Result<Duration, String> {
+        duration("heal_grace", &self.heal_grace)
+    }
+
+    /// `gossip_forget_after` as a duration.
+    pub fn gossip_forget_after(&self) -> Result<Duration, String> {
+        duration("gossip_forget_after", &self.gossip_forget_after)
     }
 
     /// The RPC address other servers dial.
@@ -228,5 +254,18 @@ mod tests {
         assert!(e.to_string().contains("port 7700"), "{e}");
         let e = Config::parse(Path::new("q.toml"), "memory = \"4Q\"\n").expect_err("size");
         assert!(e.to_string().contains("memory"), "{e}");
+        let e = Config::parse(Path::new("q.toml"), "heal_grace = \"2h\"\n").expect_err("unit");
+        assert!(e.to_string().contains("heal_grace"), "{e}");
+    }
+
+    #[test]
+    fn heal_grace_defaults_to_two_minutes_and_takes_short_values() {
+        assert_eq!(
+            Config::default().heal_grace(),
+            Ok(Duration::from_secs(120))
+        );
+        let cfg = Config::parse(Path::new("q.toml"), "heal_grace = \"4s\"\n").expect("valid");
+        assert_eq!(cfg.heal_grace(), Ok(Duration::from_secs(4)));
+        assert_eq!(cfg.gossip_forget_after(), Ok(Duration::from_secs(60)));
     }
 }

@@ -11,6 +11,12 @@ struct Server {
     name: &'static str,
     api: u16,
     rpc: u16,
+    gossip: u16,
+}
+
+fn free_udp_port() -> u16 {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    s.local_addr().expect("addr").port()
 }
 
 fn free_port() -> u16 {
@@ -25,6 +31,7 @@ impl Server {
             name,
             api: free_port(),
             rpc: free_port(),
+            gossip: free_udp_port(),
         }
     }
 
@@ -47,7 +54,10 @@ impl Server {
             &self.api.to_string(),
             "--rpc-port",
             &self.rpc.to_string(),
+            "--gossip-port",
+            &self.gossip.to_string(),
         ]);
+        c.arg("--hosts-file").arg(self.dir.join("hosts"));
         c.env("QUARRYD_CONFIG", "/nonexistent")
             .env_remove("QUARRY_JOIN_TOKEN");
         c

@@ -26,6 +26,9 @@ fn config(dir: &Path, name: &str) -> Config {
     c.paths.data = dir.join(name).join("data");
     c.paths.secrets = dir.join(name).join("secrets");
     c.paths.api_socket = dir.join(name).join("api.sock");
+    // Gossip on a free port; the managed hosts block in a file of the test's own.
+    c.gossip_port = 0;
+    c.paths.hosts_file = dir.join(name).join("hosts");
     c
 }
 
@@ -271,6 +274,31 @@ async fn a_second_server_joins_as_a_learner_writes_go_through_either_and_survive
             },
         )
         .await;
+    }
+
+    // Gossip: each sees the other alive, and each one's hosts block lists both.
+    for r in [&r1, &r2] {
+        wait_for(r, "/v1/servers", &token, "both alive in gossip", |v| {
+            v["servers"].as_array().is_some_and(|a| {
+                a.len() == 2 && a.iter().all(|s| s["liveness"]["state"] == "alive")
+            })
+        })
+        .await;
+    }
+    for c in [&c1, &c2] {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = std::fs::read_to_string(&c.paths.hosts_file).unwrap_or_default();
+            if text.contains("127.0.0.1\th1\n") && text.contains("127.0.0.1\th2\n") {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{} does not list h1 and h2 within 10 s: {text:?}",
+                c.paths.hosts_file.display()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     // A write through the learner is forwarded to the leader; a read on either sees it.

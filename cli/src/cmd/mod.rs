@@ -9,6 +9,7 @@ pub mod servers;
 pub mod start;
 pub mod status;
 pub mod stop;
+pub mod when;
 
 use std::path::{Path, PathBuf};
 

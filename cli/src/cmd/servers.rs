@@ -1,7 +1,8 @@
-//! `quarry servers`: the servers of the cluster (role, replication health), as a table or
-//! JSON; `quarry servers remove NAME` takes one out of the cluster.
+//! `quarry servers`: the servers of the cluster (role, replication health, and liveness as the
+//! answering server's gossip sees it: alive, suspect or dead, since when), as a table or JSON;
+//! `quarry servers remove NAME` takes one out of the cluster.
 
-use quarry_node::api::Servers;
+use quarry_node::api::{GossipView, Servers};
 use quarry_node::spec::units::human_size;
 
 use super::client::{NodeArgs, Target};
@@ -49,10 +50,26 @@ pub fn render(rows: &[Vec<String>]) -> String {
     out
 }
 
-/// The table, one line per server; the leader's role is marked `voter*`.
+/// `alive 3m`, `dead 41s` (since when, by the answering server's clock), `-` if not seen.
+fn liveness(g: Option<&GossipView>, now_ms: u64) -> String {
+    match g {
+        None => "-".to_owned(),
+        Some(g) => format!(
+            "{} {}",
+            serde_json::to_value(g.state)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default(),
+            super::when::age(now_ms.saturating_sub(g.since_unix_ms) / 1000)
+        ),
+    }
+}
+
+/// The table, one line per server; the leader's role is marked `voter*`. LIVENESS says since
+/// how long the answering server's gossip has seen the server in that state.
 pub fn table(s: &Servers) -> String {
     let mut rows = vec![[
-        "NAME", "RAFT", "ROLE", "HEALTH", "ADDRESS", "RPC", "MEMORY", "TAGS",
+        "NAME", "RAFT", "ROLE", "HEALTH", "LIVENESS", "ADDRESS", "RPC", "MEMORY", "TAGS",
     ]
     .map(str::to_owned)
     .to_vec()];
@@ -67,6 +84,7 @@ pub fn table(s: &Servers) -> String {
                 e.role.clone()
             },
             e.health.clone(),
+            liveness(e.liveness.as_ref(), s.now_unix_ms),
             m.address.to_string(),
             m.rpc_port.to_string(),
             human_size(m.memory),
@@ -84,6 +102,16 @@ pub fn table(s: &Servers) -> String {
         "{} servers: {voters} voters, {learners} learners (* leads)\n",
         s.servers.len()
     ));
+    for o in &s.others {
+        out.push_str(&format!(
+            "not a member, seen in gossip: {} ({})\n",
+            o.name,
+            liveness(Some(&o.gossip), s.now_unix_ms)
+        ));
+    }
+    if let Some(n) = &s.note {
+        out.push_str(&format!("note: {n}\n"));
+    }
     out
 }
 

@@ -1,5 +1,6 @@
 //! `quarry status`: one server's view of the cluster: its role, the leader, term, commit and
-//! applied indexes, voters, learners and health.
+//! applied indexes, voters, learners and health; its gossip (who it sees alive, and what its
+//! seal dropped); and the voters the self-healing quorum replaced.
 
 use quarry_node::api::Status;
 
@@ -42,6 +43,28 @@ pub fn text(s: &Status, endpoint: &str) -> String {
         out.push_str(&format!("learners {}\n", list(&r.learners)));
     }
     out.push_str(&format!("health   {}\n", s.health));
+    if let Some(g) = &s.gossip {
+        out.push_str(&format!(
+            "gossip   {} alive, {} suspect, {} dead (listening on {}, generation {})\n",
+            g.alive, g.suspect, g.dead, g.listen, g.generation
+        ));
+        out.push_str(&format!(
+            "seal     {} sent, {} accepted, dropped: {} not sealed with the key, {} replayed, {} \
+             malformed\n",
+            g.sent, g.accepted, g.not_sealed, g.replayed, g.malformed
+        ));
+    }
+    for r in &s.replacements {
+        out.push_str(&format!(
+            "healed   voter {} (raft {}) dead since {}, replaced by {} (raft {}) at {}\n",
+            r.dead,
+            r.dead_raft_id,
+            super::when::utc(r.dead_since_unix_ms),
+            r.by,
+            r.by_raft_id,
+            super::when::utc(r.at_unix_ms)
+        ));
+    }
     out
 }
 

@@ -4,8 +4,8 @@
 //! | endpoint | what |
 //! | --- | --- |
 //! | `GET /v1/health` | alive (no token) |
-//! | `GET /v1/status` | this server's view: leader, term, voters, learners, commit, applied, health |
-//! | `GET /v1/servers` | the servers (linearizable), with role and replication health |
+//! | `GET /v1/status` | this server's view: leader, term, voters, learners, commit, applied, health, gossip counters, voter replacements |
+//! | `GET /v1/servers` | the servers (linearizable; the last applied list when no leader answers), with role, replication health and liveness as this server's gossip sees it |
 //! | `DELETE /v1/servers/NAME` | remove a server (a write) |
 //! | `GET /v1/grid` | the grid with its version (linearizable) |
 //! | `GET /v1/env[?stack=S]` | the global or a stack's env (linearizable) |
@@ -35,6 +35,8 @@ use axum::routing::{delete, get};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
+use crate::cluster::VoterReplacement;
+use crate::gossip::member::LiveState;
 use crate::grid::GridState;
 use crate::rpc::join::Member;
 use crate::rpc::server::BoxFuture;
@@ -77,6 +79,64 @@ pub struct Status {
     pub raft: Option<RaftStatus>,
     /// `ok`, or what is wrong (no leader, how many voters are reachable).
     pub health: String,
+    /// This server's gossip, if it runs.
+    #[serde(default)]
+    pub gossip: Option<GossipStatus>,
+    /// The last voters the self-healing quorum replaced, oldest first.
+    #[serde(default)]
+    pub replacements: Vec<VoterReplacement>,
+}
+
+/// This server's gossip: where it listens and what its sealing transport counted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GossipStatus {
+    /// The gossip cluster id (not secret).
+    pub cluster_id: String,
+    /// The address it listens on (UDP).
+    pub listen: SocketAddr,
+    /// This server's boot generation.
+    pub generation: u64,
+    /// Servers seen alive, suspect and dead (members or not).
+    pub alive: usize,
+    /// Late or not yet confirmed.
+    pub suspect: usize,
+    /// Dead.
+    pub dead: usize,
+    /// Datagrams sealed and sent.
+    pub sent: u64,
+    /// Datagrams that opened, were fresh and parsed.
+    pub accepted: u64,
+    /// Dropped unread: plaintext, another key, or tampered.
+    pub not_sealed: u64,
+    /// Dropped as replays.
+    pub replayed: u64,
+    /// Opened but malformed.
+    pub malformed: u64,
+}
+
+/// A server as this server's gossip sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GossipView {
+    /// Alive, suspect or dead.
+    pub state: LiveState,
+    /// Since when (ms since 1970, the answering server's clock).
+    pub since_unix_ms: u64,
+    /// The boot generation this is about.
+    pub generation: u64,
+    /// Its heartbeat counter.
+    pub heartbeat: u64,
+    /// The highest version of its gossip keys (never goes backwards within a generation).
+    pub max_version: u64,
+}
+
+/// A server gossip knows that is not a member (removed, or not yet committed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GossipOnly {
+    /// Its name in gossip.
+    pub name: String,
+    /// What gossip says.
+    #[serde(flatten)]
+    pub gossip: GossipView,
 }
 
 /// One entry of `GET /v1/servers`.
@@ -94,6 +154,9 @@ pub struct ServerEntry {
     pub health: String,
     /// Whether it leads.
     pub leader: bool,
+    /// Its liveness as the answering server's gossip sees it (`None`: not seen in gossip).
+    #[serde(default)]
+    pub liveness: Option<GossipView>,
 }
 
 /// `GET /v1/servers`.
@@ -101,6 +164,15 @@ pub struct ServerEntry {
 pub struct Servers {
     /// The servers, by name.
     pub servers: Vec<ServerEntry>,
+    /// Servers gossip knows that are not members (a removed server still running...).
+    #[serde(default)]
+    pub others: Vec<GossipOnly>,
+    /// The answering server's clock (ms since 1970), for the `since` times.
+    #[serde(default)]
+    pub now_unix_ms: u64,
+    /// Set when no leader answered: the list is this server's last applied one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// `GET /v1/grid`.

@@ -52,9 +52,12 @@ struct Flags {
     /// The node RPC port.
     #[arg(long, global = true)]
     rpc_port: Option<u16>,
-    /// The gossip port.
+    /// The gossip port (UDP).
     #[arg(long, global = true)]
     gossip_port: Option<u16>,
+    /// The hosts file whose managed block lists the live members.
+    #[arg(long, global = true)]
+    hosts_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -103,6 +106,9 @@ fn config(f: &Flags) -> anyhow::Result<Config> {
     }
     if let Some(v) = f.gossip_port {
         c.gossip_port = v;
+    }
+    if let Some(v) = &f.hosts_file {
+        c.paths.hosts_file = v.clone();
     }
     c.check()
         .map_err(|e| anyhow::anyhow!("{}: {e}", f.config.display()))?;

@@ -2,6 +2,8 @@
 //! the server list is published each time it changes, so the transport's address book, the
 //! peers file and the API see who is where without asking the Raft task.
 //!
+//! The recorded voter replacements are published the same way (for status).
+//!
 //! Publishing is the only thing this wrapper adds, and it does not influence the state: the
 //! channel is written, never read, from inside `apply`.
 
@@ -11,10 +13,13 @@ use std::sync::Arc;
 use quarry_consensus::{MachineError, StateMachine};
 use tokio::sync::watch;
 
-use super::state::{ClusterState, Command, Outcome, Refusal, ServerRecord};
+use super::state::{ClusterState, Command, Outcome, Refusal, ServerRecord, VoterReplacement};
 
 /// The servers by name, as last applied.
 pub type ServerMap = BTreeMap<String, ServerRecord>;
+
+/// The recorded voter replacements, as last applied.
+pub type Replacements = Vec<VoterReplacement>;
 
 /// [`ClusterState`] under Raft.
 #[derive(Debug)]
@@ -22,6 +27,7 @@ pub struct ClusterMachine {
     /// The state.
     pub state: ClusterState,
     servers: watch::Sender<Arc<ServerMap>>,
+    replacements: watch::Sender<Arc<Replacements>>,
 }
 
 impl ClusterMachine {
@@ -32,14 +38,25 @@ impl ClusterMachine {
             ClusterMachine {
                 state: ClusterState::default(),
                 servers: tx,
+                replacements: watch::channel(Arc::new(Replacements::new())).0,
             },
             rx,
         )
     }
 
+    /// A receiver of the recorded voter replacements (take it before the machine is started).
+    pub fn replacements_watch(&self) -> watch::Receiver<Arc<Replacements>> {
+        self.replacements.subscribe()
+    }
+
     fn publish(&self) {
         self.servers
             .send_replace(Arc::new(self.state.servers.clone()));
+    }
+
+    fn publish_replacements(&self) {
+        self.replacements
+            .send_replace(Arc::new(self.state.replacements.clone()));
     }
 }
 
@@ -55,9 +72,13 @@ impl StateMachine for ClusterMachine {
                 | Command::UpdateServer { .. }
                 | Command::RemoveServer { .. }
         );
+        let records = matches!(command, Command::RecordReplacement(_));
         let out = self.state.apply(index, command);
         if touches_servers && out.is_ok() {
             self.publish();
+        }
+        if records && out.is_ok() {
+            self.publish_replacements();
         }
         out
     }
@@ -69,6 +90,7 @@ impl StateMachine for ClusterMachine {
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), MachineError> {
         self.state = quarry_consensus::codec::decode(snapshot)?;
         self.publish();
+        self.publish_replacements();
         Ok(())
     }
 }

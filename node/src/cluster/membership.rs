@@ -10,14 +10,21 @@
 //! leadership transfer when the leader's own server is being removed (a leader never removes
 //! itself; its successor does).
 //!
-//! Preferences, in order: keep the current voters; promote only learners that have caught up
-//! (active, and within [`CATCH_UP_LAG`] entries of the commit index); never go to an even
-//! number of voters on the way up (2 voters need both; 1 is as safe and cheaper), so growing
-//! from 1 to 3 waits until two learners have caught up; when there are too many voters,
-//! demote inactive ones first, then the highest ids, never the leader.
+//! Preferences, in order: replace the voters the leader declared *down* (the self-healing
+//! quorum: dead in gossip and unreachable over RPC for longer than the grace period, decided
+//! by the caller), each by a caught-up learner, in the same joint change that demotes it to a
+//! learner — the healthiest learners first (the most log, then the lowest id); a down voter
+//! with no learner to take its place stays a voter (never fewer voters than the rule because a
+//! replacement is missing). Otherwise keep the current voters; promote only learners that have
+//! caught up (active, and within [`CATCH_UP_LAG`] entries of the commit index) and are not
+//! down; never go to an even number of voters on the way up (2 voters need both; 1 is as safe
+//! and cheaper), so growing from 1 to 3 waits until two learners have caught up; when there are
+//! too many voters, demote inactive ones first, then the highest ids, never the leader.
 //!
-//! Left out: replacing a voter that is down but still a member (the self-healing quorum that
-//! gossip's liveness will drive). Until then a dead voter stays a voter until it is removed.
+//! A replaced voter stays a member (its record is kept): when it comes back it is a learner,
+//! and stays one while the voter set is full. Left out: shrinking the voter set when too few
+//! servers are alive to fill it (a 3-voter cluster with 2 down voters cannot change its
+//! configuration at all: that needs a quorum).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -61,6 +68,9 @@ pub struct View {
     pub progress: BTreeMap<u64, Progress>,
     /// The commit index.
     pub commit: u64,
+    /// Servers the leader considers down: voters in it are replaced when a learner can take
+    /// their place; learners in it are never promoted.
+    pub down: BTreeSet<u64>,
 }
 
 /// One change of a joint configuration change.
@@ -97,6 +107,10 @@ impl View {
     fn active(&self, id: u64) -> bool {
         id == self.leader || self.progress.get(&id).is_some_and(|p| p.active)
     }
+
+    fn matched(&self, id: u64) -> u64 {
+        self.progress.get(&id).map_or(0, |p| p.matched)
+    }
 }
 
 /// The largest allowed voter count (1, 3 or 5) that is at most `n`.
@@ -128,12 +142,27 @@ pub fn plan(v: &View) -> Step {
     if leader_stays && !keep.contains(&v.leader) {
         keep.push(v.leader);
     }
-    let eligible: Vec<u64> = v
+    // Healthiest first: the most log, then the lowest id.
+    let mut eligible: Vec<u64> = v
         .servers
         .iter()
         .copied()
-        .filter(|id| !keep.contains(id) && v.learners.contains(id) && v.caught_up(*id))
+        .filter(|id| {
+            !keep.contains(id)
+                && v.learners.contains(id)
+                && v.caught_up(*id)
+                && !v.down.contains(id)
+        })
         .collect();
+    eligible.sort_by_key(|id| (std::cmp::Reverse(v.matched(*id)), *id));
+    // Down voters leave the candidates, one for each learner that can take a place.
+    let replaceable: Vec<u64> = keep
+        .iter()
+        .copied()
+        .filter(|id| v.down.contains(id) && *id != v.leader)
+        .take(eligible.len())
+        .collect();
+    keep.retain(|id| !replaceable.contains(id));
 
     let target = if keep.len() >= want {
         want
@@ -190,6 +219,30 @@ pub fn plan(v: &View) -> Step {
     }
 }
 
+/// The voters a step replaces, each with the learner that takes its place: the down voters it
+/// demotes paired with the learners it promotes (healthiest first). Pure.
+pub fn replacements(v: &View, step: &Step) -> Vec<(u64, u64)> {
+    let Step::Change(changes) = step else {
+        return Vec::new();
+    };
+    let demoted: Vec<u64> = changes
+        .iter()
+        .filter_map(|c| match *c {
+            Change::AddLearner(id) if v.voters.contains(&id) && v.down.contains(&id) => Some(id),
+            _ => None,
+        })
+        .collect();
+    let mut promoted: Vec<u64> = changes
+        .iter()
+        .filter_map(|c| match *c {
+            Change::AddVoter(id) if v.learners.contains(&id) => Some(id),
+            _ => None,
+        })
+        .collect();
+    promoted.sort_by_key(|id| (std::cmp::Reverse(v.matched(*id)), *id));
+    demoted.into_iter().zip(promoted).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -221,6 +274,7 @@ mod tests {
                 })
                 .collect(),
             commit: 100,
+            down: BTreeSet::new(),
         }
     }
 
@@ -375,5 +429,88 @@ mod tests {
         let mut v = view(1, &[2], &[1], &[2]);
         v.leader_removed = false;
         assert_eq!(plan(&v), Step::Keep);
+    }
+
+    #[test]
+    fn a_down_voter_is_replaced_by_the_healthiest_caught_up_learner_in_one_change() {
+        // 7 servers: 5 voters and 2 learners; voter 2 is down. Learner 7 has more log than 6.
+        let mut v = view(1, &[1, 2, 3, 4, 5, 6, 7], &[1, 2, 3, 4, 5], &[6, 7]);
+        v.progress.get_mut(&6).expect("6").matched = 90;
+        v.progress.get_mut(&2).expect("2").active = false;
+        v.down = set(&[2]);
+        let step = plan(&v);
+        assert_eq!(
+            step,
+            Step::Change(vec![Change::AddVoter(7), Change::AddLearner(2)])
+        );
+        assert_eq!(replacements(&v, &step), vec![(2, 7)]);
+        apply(&mut v, &step);
+        assert_eq!(v.voters, set(&[1, 3, 4, 5, 7]));
+        assert_eq!(v.learners, set(&[2, 6]));
+        // Settled while 2 stays down, and when it comes back: it stays a learner.
+        assert_eq!(plan(&v), Step::Keep);
+        v.down.clear();
+        v.progress.get_mut(&2).expect("2").active = true;
+        assert_eq!(plan(&v), Step::Keep);
+    }
+
+    #[test]
+    fn three_voters_and_a_learner_a_down_voter_is_replaced_and_comes_back_a_learner() {
+        let mut v = view(1, &[1, 2, 3, 4], &[1, 2, 3], &[4]);
+        v.progress.get_mut(&2).expect("2").active = false;
+        v.down = set(&[2]);
+        let step = plan(&v);
+        assert_eq!(
+            step,
+            Step::Change(vec![Change::AddVoter(4), Change::AddLearner(2)])
+        );
+        apply(&mut v, &step);
+        v.down.clear();
+        v.progress.get_mut(&2).expect("2").active = true;
+        assert_eq!(plan(&v), Step::Keep);
+        assert_eq!((v.voters, v.learners), (set(&[1, 3, 4]), set(&[2])));
+    }
+
+    #[test]
+    fn a_down_voter_with_no_learner_to_take_its_place_stays_a_voter() {
+        let mut v = view(1, &[1, 2, 3], &[1, 2, 3], &[]);
+        v.down = set(&[2]);
+        assert_eq!(plan(&v), Step::Keep);
+        // A learner that lags cannot take the place either.
+        let mut v = view(1, &[1, 2, 3, 4], &[1, 2, 3], &[4]);
+        v.progress.get_mut(&4).expect("4").matched = 100 - CATCH_UP_LAG - 1;
+        v.down = set(&[2]);
+        assert_eq!(plan(&v), Step::Keep);
+    }
+
+    #[test]
+    fn a_down_learner_is_never_promoted_and_the_leader_is_never_replaced() {
+        let mut v = view(1, &[1, 2, 3, 4], &[1, 2, 3], &[4]);
+        v.down = set(&[2, 4]);
+        assert_eq!(plan(&v), Step::Keep, "the only learner is down itself");
+        let mut v = view(1, &[1, 2, 3, 4], &[1, 2, 3], &[4]);
+        v.down = set(&[1]);
+        assert_eq!(plan(&v), Step::Keep, "the leader is never replaced");
+    }
+
+    #[test]
+    fn two_down_voters_of_five_with_one_learner_replace_one_and_keep_five_voters() {
+        let mut v = view(1, &[1, 2, 3, 4, 5, 6], &[1, 2, 3, 4, 5], &[6]);
+        v.down = set(&[4, 5]);
+        let step = plan(&v);
+        assert_eq!(
+            step,
+            Step::Change(vec![Change::AddVoter(6), Change::AddLearner(4)])
+        );
+        assert_eq!(replacements(&v, &step), vec![(4, 6)]);
+        apply(&mut v, &step);
+        assert_eq!(v.voters.len(), 5);
+        assert_eq!(plan(&v), Step::Keep, "5 is still down, and no learner is left");
+    }
+
+    #[test]
+    fn an_ordinary_step_replaces_nobody() {
+        let v = view(1, &[1, 2, 3], &[1], &[2, 3]);
+        assert_eq!(replacements(&v, &plan(&v)), vec![]);
     }
 }

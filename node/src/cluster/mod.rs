@@ -40,6 +40,12 @@
 //! server keeps running until its operator stops it — Raft may need its vote to take it out
 //! (the hand-over passes through two voters) — and its status says it was removed.
 //!
+//! The self-healing quorum (`heal.rs`): a voter dead in the leader's gossip view and
+//! unreachable over RPC for longer than `heal_grace` is demoted to a learner while the
+//! healthiest caught-up learner is promoted, in one joint change; the leader logs it and
+//! records it in the state ([`VoterReplacement`], shown by `quarry status`). The old server
+//! keeps its record and Raft id: back, it is a learner.
+//!
 //! # Invariants
 //!
 //! - Raft ids are never reused; Raft id 1 is the founder's.
@@ -50,11 +56,11 @@
 //!
 //! # Left out
 //!
-//! Replacing a dead voter that is still a member (the self-healing quorum gossip will drive);
-//! resizing a server's block when its memory changes; stacks' own commands (the deploy issue
+//! Resizing a server's block when its memory changes; stacks' own commands (the deploy issue
 //! adds them, at the end of [`Command`]); the read-only on-disk mirror of the state.
 
 mod control;
+pub mod heal;
 mod machine;
 pub mod membership;
 mod node;
@@ -67,11 +73,12 @@ use crate::rpc::join::{Admission, JoinAuthority, Member};
 use crate::rpc::server::BoxFuture;
 
 pub use control::{ControlAnswer, ControlRequest, ControlService, LeaderView, PeerHealth};
-pub use machine::{ClusterMachine, ServerMap};
-pub use node::{Cluster, ClusterError, READ_DEADLINE, WRITE_DEADLINE};
+pub use machine::{ClusterMachine, Replacements, ServerMap};
+pub use node::{Cluster, ClusterError, GossipLink, READ_DEADLINE, WRITE_DEADLINE};
 pub use state::{
     check_env_key, check_server_name, default_grid_options, ClusterState, Command, GridOp,
-    GridResult, Outcome, Refusal, RouteTarget, ServerRecord, StackRecord, FOUNDER_RAFT_ID,
+    GridResult, Outcome, Refusal, RouteTarget, ServerRecord, StackRecord, VoterReplacement,
+    FOUNDER_RAFT_ID, MAX_REPLACEMENTS,
 };
 pub use tasks::{
     address_book, follow_servers, grid_ops_for, keep_record, read_env_dir, read_peers, reconcile,

@@ -3,7 +3,8 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use quarry_consensus::{ClientError, Handle, IdempotencyKey, Role, Status};
@@ -11,9 +12,11 @@ use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
 use super::control::{AdmitError, ControlAnswer, ControlRequest, LeaderView};
-use super::machine::{ClusterMachine, ServerMap};
+use super::machine::{ClusterMachine, Replacements, ServerMap};
 use super::state::{ClusterState, Command, Outcome, Refusal};
 use super::transport::Peers;
+use crate::gossip::member::Liveness;
+use crate::gossip::transport::SealStats;
 use crate::rpc::client::Requests;
 use crate::rpc::join::{Admission, Member};
 use crate::rpc::{codec, Dialer, Lane};
@@ -72,6 +75,21 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// What this server's gossip member shares with the cluster code (attached once it runs).
+#[derive(Debug, Clone)]
+pub struct GossipLink {
+    /// Liveness as this server's gossip sees it.
+    pub liveness: watch::Receiver<Liveness>,
+    /// The sealing transport's counters.
+    pub stats: Arc<SealStats>,
+    /// The gossip cluster id (not secret: the CA's digest, as in the join token).
+    pub cluster_id: String,
+    /// The address gossip listens on.
+    pub listen: SocketAddr,
+    /// This server's boot generation.
+    pub generation: u64,
+}
+
 /// The running cluster as one server sees it.
 pub struct Cluster {
     raft_id: u64,
@@ -90,6 +108,10 @@ pub struct Cluster {
     pub(super) wake: Notify,
     /// Set once this server's record was removed.
     removed: AtomicBool,
+    /// The recorded voter replacements, as applied here.
+    replacements: watch::Receiver<Arc<Replacements>>,
+    /// Gossip, once it runs.
+    gossip: OnceLock<GossipLink>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -114,6 +136,7 @@ impl Cluster {
         dialer: Dialer,
         peers: Arc<Peers>,
         servers: watch::Receiver<Arc<ServerMap>>,
+        replacements: watch::Receiver<Arc<Replacements>>,
     ) -> Cluster {
         Cluster {
             raft_id,
@@ -126,7 +149,32 @@ impl Cluster {
             control: Mutex::new(HashMap::new()),
             wake: Notify::new(),
             removed: AtomicBool::new(false),
+            replacements,
+            gossip: OnceLock::new(),
         }
+    }
+
+    /// Attach this server's gossip (once; later calls change nothing).
+    pub fn attach_gossip(&self, link: GossipLink) {
+        let _ = self.gossip.set(link);
+    }
+
+    /// This server's gossip, if it runs.
+    pub fn gossip(&self) -> Option<&GossipLink> {
+        self.gossip.get()
+    }
+
+    /// Liveness as this server's gossip sees it now (empty before gossip runs).
+    pub fn liveness_now(&self) -> Liveness {
+        self.gossip
+            .get()
+            .map(|g| g.liveness.borrow().clone())
+            .unwrap_or_default()
+    }
+
+    /// The recorded voter replacements, as applied here (not linearizable: for status).
+    pub fn replacements_now(&self) -> Arc<Replacements> {
+        self.replacements.borrow().clone()
     }
 
     /// Whether this server was removed from the cluster.

@@ -47,6 +47,28 @@ pub struct StackRecord {
     pub current: StackState,
 }
 
+/// A voter the leader found down (dead in gossip and unreachable over RPC past the grace
+/// period) and replaced by a learner, as recorded then. The times are the leader's clock,
+/// carried in the command (apply reads no clock).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VoterReplacement {
+    /// The replaced voter's name.
+    pub dead: String,
+    /// Its Raft id.
+    pub dead_raft_id: u64,
+    /// Since when the leader saw it down (ms since 1970).
+    pub dead_since_unix_ms: u64,
+    /// The learner promoted in its place.
+    pub by: String,
+    /// Its Raft id.
+    pub by_raft_id: u64,
+    /// When the change was made (ms since 1970).
+    pub at_unix_ms: u64,
+}
+
+/// How many replacements the state keeps (the oldest go first).
+pub const MAX_REPLACEMENTS: usize = 16;
+
 /// Where a domain is routed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RouteTarget {
@@ -71,6 +93,8 @@ pub struct ClusterState {
     pub grid: Grid,
     /// Domain -> the web node it goes to.
     pub routes: BTreeMap<String, RouteTarget>,
+    /// The last voters replaced by the self-healing quorum, oldest first.
+    pub replacements: Vec<VoterReplacement>,
 }
 
 /// The options of the cluster's grid until an operator or the cloud sets others: servers are
@@ -94,6 +118,7 @@ impl Default for ClusterState {
             stacks: BTreeMap::new(),
             grid: Grid::new(default_grid_options()),
             routes: BTreeMap::new(),
+            replacements: Vec::new(),
         }
     }
 }
@@ -198,6 +223,8 @@ pub enum Command {
         /// Where it goes.
         target: Option<RouteTarget>,
     },
+    /// The leader replaced a down voter (the Raft change is made; this records it for status).
+    RecordReplacement(VoterReplacement),
 }
 
 /// What an applied command did.
@@ -231,6 +258,8 @@ pub enum Outcome {
     EnvSet,
     /// A route changed.
     RouteSet,
+    /// A voter replacement is recorded.
+    ReplacementRecorded,
 }
 
 /// Why a command was refused (nothing changed). The text says what to do.
@@ -326,6 +355,12 @@ impl ClusterState {
             Command::Grid { version, ops } => self.grid_ops(version, ops),
             Command::SetEnv { stack, set, unset } => self.set_env(stack, set, unset),
             Command::SetRoute { domain, target } => self.set_route(domain, target),
+            Command::RecordReplacement(r) => {
+                self.replacements.push(r);
+                let over = self.replacements.len().saturating_sub(MAX_REPLACEMENTS);
+                self.replacements.drain(..over);
+                Ok(Outcome::ReplacementRecorded)
+            }
         }
     }
 

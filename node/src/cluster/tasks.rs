@@ -1,7 +1,8 @@
 //! The background tasks of a server in the cluster.
 //!
 //! - [`reconcile`] (acts only while this server leads): moves Raft's configuration toward the
-//!   rule ([`super::membership::plan`]) and keeps one grid block per server
+//!   rule ([`super::membership::plan`]), replacing voters that are down past the grace period
+//!   (`heal.rs`: logged and recorded in the state), and keeps one grid block per server
 //!   ([`grid_ops_for`]), each a committed command carrying the grid version it was computed
 //!   on. Woken by admissions and by changes of the server list, and every
 //!   [`RECONCILE_EVERY`] (a learner catching up is noticed by polling).
@@ -17,6 +18,7 @@ use std::time::Duration;
 
 use quarry_consensus::{MemberChange, Role, Status};
 
+use super::heal::Heal;
 use super::membership::{self, Change, Progress, Step, View};
 use super::node::{Cluster, ClusterError};
 use super::state::{ClusterState, Command, GridOp, Refusal, ServerRecord, FOUNDER_RAFT_ID};
@@ -68,12 +70,18 @@ fn view_of(status: &Status, servers: &BTreeMap<String, ServerRecord>, removed: b
             })
             .collect(),
         commit: status.commit,
+        down: BTreeSet::new(),
     }
 }
 
-async fn membership_step(c: &Cluster, status: &Status) {
+async fn membership_step(c: &Cluster, status: &Status, heal: &mut Heal) {
     let servers = c.servers_now();
-    match membership::plan(&view_of(status, &servers, c.is_removed())) {
+    let liveness = c.liveness_now();
+    let mut view = view_of(status, &servers, c.is_removed());
+    view.down = heal.down(c, status, &view, &liveness);
+    let step = membership::plan(&view);
+    let replaced = membership::replacements(&view, &step);
+    match step {
         Step::Keep => {}
         Step::Change(changes) => {
             let raft: Vec<MemberChange> = changes
@@ -85,12 +93,17 @@ async fn membership_step(c: &Cluster, status: &Status) {
                 })
                 .collect();
             match c.handle().change_membership(raft).await {
-                Ok((voters, learners)) => tracing::info!(
-                    ?changes,
-                    voters = ?voters.iter().map(|&v| c.name_of(v)).collect::<Vec<_>>(),
-                    learners = ?learners.iter().map(|&v| c.name_of(v)).collect::<Vec<_>>(),
-                    "raft membership changed"
-                ),
+                Ok((voters, learners)) => {
+                    tracing::info!(
+                        ?changes,
+                        voters = ?voters.iter().map(|&v| c.name_of(v)).collect::<Vec<_>>(),
+                        learners = ?learners.iter().map(|&v| c.name_of(v)).collect::<Vec<_>>(),
+                        "raft membership changed"
+                    );
+                    for (dead, by) in replaced {
+                        record_replacement(c, heal.record(c, &liveness, dead, by)).await;
+                    }
+                }
                 Err(e) => tracing::debug!(?changes, "membership change not made yet: {e}"),
             }
         }
@@ -100,6 +113,22 @@ async fn membership_step(c: &Cluster, status: &Status) {
                 tracing::info!("leadership transfer not done yet: {e}");
             }
         }
+    }
+}
+
+/// Log a replacement and record it in the state (the Raft change is already made).
+async fn record_replacement(c: &Cluster, r: super::state::VoterReplacement) {
+    let ago = super::heal::now_ms().saturating_sub(r.dead_since_unix_ms) / 1000;
+    tracing::warn!(
+        "self-healing quorum: voter {} (raft {}) dead for {ago} s, replaced by {} (raft {}); \
+         it stays a member and comes back as a learner",
+        r.dead,
+        r.dead_raft_id,
+        r.by,
+        r.by_raft_id
+    );
+    if let Err(e) = c.write(Command::RecordReplacement(r)).await {
+        tracing::warn!("the voter replacement was made but not recorded for status: {e}");
     }
 }
 
@@ -120,16 +149,18 @@ async fn grid_step(c: &Cluster) {
     }
 }
 
-/// The leader's reconciler: runs until the node stops.
-pub async fn reconcile(c: Arc<Cluster>) {
+/// The leader's reconciler: runs until the node stops. A voter down for longer than
+/// `heal_grace` is replaced (see `heal.rs`).
+pub async fn reconcile(c: Arc<Cluster>, heal_grace: Duration) {
     let mut servers = c.servers_watch();
+    let mut heal = Heal::new(heal_grace);
     loop {
         match c.handle().status().await {
             Ok(status) if status.role == Role::Leader => {
-                membership_step(&c, &status).await;
+                membership_step(&c, &status, &mut heal).await;
                 grid_step(&c).await;
             }
-            Ok(_) => {}
+            Ok(_) => heal.clear(),
             Err(_) => return,
         }
         tokio::select! {

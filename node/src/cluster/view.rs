@@ -1,12 +1,19 @@
 //! The cluster as the HTTP API sees it ([`ClusterView`] for [`Cluster`]).
+//!
+//! Liveness comes from the answering server's own gossip view. `servers` is a linearizable
+//! read; when no leader answers it falls back to the server list as last applied here (with a
+//! note saying so), because that is exactly when an operator needs to see who is dead.
 
 use quarry_consensus::Role;
 
 use super::node::{Cluster, ClusterError};
 use super::state::{ClusterState, Command, Refusal};
 use crate::api::{
-    ApiFailure, ClusterView, EnvChange, EnvView, GridView, RaftStatus, ServerEntry, Servers, Status,
+    ApiFailure, ClusterView, EnvChange, EnvView, GossipOnly, GossipStatus, GossipView, GridView,
+    RaftStatus, ServerEntry, Servers, Status,
 };
+use crate::gossip::member::{LiveState, Liveness, ServerLiveness};
+use crate::types::ServerId;
 use crate::rpc::server::BoxFuture;
 
 impl From<ClusterError> for ApiFailure {
@@ -34,7 +41,37 @@ fn role_name(r: Role) -> &'static str {
     }
 }
 
+fn gossip_view(l: &ServerLiveness) -> GossipView {
+    GossipView {
+        state: l.state,
+        since_unix_ms: l.since_unix_ms,
+        generation: l.generation,
+        heartbeat: l.heartbeat,
+        max_version: l.max_version,
+    }
+}
+
 impl Cluster {
+    fn gossip_status(&self) -> Option<GossipStatus> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let g = self.gossip()?;
+        let live: Liveness = g.liveness.borrow().clone();
+        let count = |s: LiveState| live.values().filter(|l| l.state == s).count();
+        Some(GossipStatus {
+            cluster_id: g.cluster_id.clone(),
+            listen: g.listen,
+            generation: g.generation,
+            alive: count(LiveState::Alive),
+            suspect: count(LiveState::Suspect),
+            dead: count(LiveState::Dead),
+            sent: g.stats.sent.load(Relaxed),
+            accepted: g.stats.accepted.load(Relaxed),
+            not_sealed: g.stats.not_sealed.load(Relaxed),
+            replayed: g.stats.replayed.load(Relaxed),
+            malformed: g.stats.malformed.load(Relaxed),
+        })
+    }
+
     /// This server's status, with names for Raft ids.
     pub async fn status_view(&self) -> Status {
         let me = self.me();
@@ -47,6 +84,8 @@ impl Cluster {
             raft: None,
             health: "raft has stopped on this server: restart quarryd (its log says why)"
                 .to_owned(),
+            gossip: self.gossip_status(),
+            replacements: self.replacements_now().as_ref().clone(),
         };
         let Ok(s) = self.handle().status().await else {
             return out;
@@ -80,11 +119,31 @@ impl Cluster {
         out
     }
 
-    /// The servers (linearizable), with roles and the leader's view of their replication.
+    /// The servers (linearizable), with roles, the leader's view of their replication and
+    /// this server's gossip view of their liveness. Without a leader: the list as last applied
+    /// here, with a note.
     pub async fn servers_view(&self) -> Result<Servers, ClusterError> {
-        let records = self
+        let (records, note) = match self
             .read(|s: &ClusterState| s.servers.values().cloned().collect::<Vec<_>>())
-            .await?;
+            .await
+        {
+            Ok(r) => (r, None),
+            Err(e @ (ClusterError::NoLeader { .. } | ClusterError::LeaderUnreachable { .. })) => {
+                let local: Vec<_> = self.servers_now().values().cloned().collect();
+                if local.is_empty() {
+                    return Err(e);
+                }
+                (
+                    local,
+                    Some(format!(
+                        "{e}; this is the server list as last applied on {}",
+                        self.me().name
+                    )),
+                )
+            }
+            Err(e) => return Err(e),
+        };
+        let liveness = self.liveness_now();
         let status = self.handle().status().await.ok();
         let (voters, learners) = status
             .as_ref()
@@ -108,7 +167,6 @@ impl Cluster {
                     },
                 };
                 ServerEntry {
-                    member: r.member,
                     raft_id: id,
                     role: if voters.contains(&id) {
                         "voter"
@@ -120,10 +178,27 @@ impl Cluster {
                     .to_owned(),
                     health,
                     leader: leader == Some(id),
+                    liveness: liveness
+                        .get(&ServerId(r.member.name.clone()))
+                        .map(gossip_view),
+                    member: r.member,
                 }
             })
+            .collect::<Vec<_>>();
+        let others = liveness
+            .iter()
+            .filter(|(n, _)| !servers.iter().any(|s| s.member.name == n.0))
+            .map(|(n, l)| GossipOnly {
+                name: n.0.clone(),
+                gossip: gossip_view(l),
+            })
             .collect();
-        Ok(Servers { servers })
+        Ok(Servers {
+            servers,
+            others,
+            now_unix_ms: super::heal::now_ms(),
+            note,
+        })
     }
 }
 

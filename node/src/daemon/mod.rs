@@ -15,10 +15,16 @@
 //! its `run` starts Raft with no voters and waits for the leader. `run` always restarts from
 //! the data directory.
 //!
+//! `run` also starts gossip (UDP `gossip_port` on the cluster address, sealed with the gossip
+//! key; `gossip.rs`; the boot generation in `data/gossip.generation`), the owner of the hosts
+//! file's managed block (`paths.hosts_file`: the committed members gossip sees alive), and the
+//! leader's reconciler with the self-healing quorum's grace period (`heal_grace`).
+//!
 //! Invariants: `init` never overwrites an existing cluster (any of these files present stops
 //! it); a secret file is created with mode 0600 from the start (never written and then
 //! chmod-ed); a joiner stores nothing until the member has admitted it.
 
+pub mod gossip;
 mod secrets;
 
 use std::collections::BTreeMap;
@@ -309,6 +315,7 @@ pub struct Running {
     pub api: ApiServer,
     raft: quarry_consensus::NodeTask,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    gossip: crate::gossip::member::GossipMember,
 }
 
 impl Running {
@@ -320,6 +327,7 @@ impl Running {
         for t in &self.tasks {
             t.abort();
         }
+        self.gossip.shutdown().await;
         let _ = self.cluster.handle().shutdown().await;
         let _ = self.raft.await;
     }
@@ -345,6 +353,7 @@ pub async fn run(cfg: &Config) -> Result<Running, DaemonError> {
     let (inbox_tx, inbox_rx) = quarry_consensus::transport::inbox();
     let transport = RpcTransport::new(dialer.clone(), peers.clone(), inbox_tx.clone());
     let (machine, servers) = ClusterMachine::new();
+    let replacements = machine.replacements_watch();
     let voters = if node.raft_id == cluster::FOUNDER_RAFT_ID {
         vec![node.raft_id]
     } else {
@@ -361,6 +370,7 @@ pub async fn run(cfg: &Config) -> Result<Running, DaemonError> {
         dialer,
         peers.clone(),
         servers,
+        replacements,
     ));
 
     let (lane_tx, lane_rx) = mpsc::channel(1024);
@@ -400,7 +410,22 @@ pub async fn run(cfg: &Config) -> Result<Running, DaemonError> {
     // What others dial: the ports actually bound (a config may say 0 in tests).
     me.rpc_port = rpc.local_addr().port();
     me.api_port = api.tcp_addr().port();
+    let heal_grace = cfg.heal_grace().map_err(DaemonError::Invalid)?;
+    let (member, link) = gossip::start(cfg, &s, &mut me, node.raft_id).await?;
     cluster.set_me(me);
+    let generation = link.generation;
+    let liveness = link.liveness.clone();
+    cluster.attach_gossip(link);
+    tasks.push(tokio::spawn(gossip::follow(
+        cluster.clone(),
+        member.control(),
+        generation,
+    )));
+    tasks.push(tokio::spawn(crate::hosts::keeper::keep(
+        cfg.paths.hosts_file.clone(),
+        cluster.servers_watch(),
+        liveness,
+    )));
 
     tasks.push(tokio::spawn(cluster::follow_servers(
         cluster.clone(),
@@ -410,12 +435,13 @@ pub async fn run(cfg: &Config) -> Result<Running, DaemonError> {
         cluster.clone(),
         cfg.paths.etc.join("env"),
     )));
-    tasks.push(tokio::spawn(cluster::reconcile(cluster.clone())));
+    tasks.push(tokio::spawn(cluster::reconcile(cluster.clone(), heal_grace)));
     Ok(Running {
         cluster,
         rpc,
         api,
         raft,
         tasks,
+        gossip: member,
     })
 }

@@ -5,6 +5,10 @@
 //! Receiving: a datagram that does not open, opens but is a replay, or opens but does not parse
 //! as a chitchat message is dropped and counted; only what passes all three reaches chitchat.
 //! The trait returns `anyhow::Result` (chitchat's signature), used for fatal socket errors only.
+//!
+//! The socket is bound by `open`, or handed in already bound ([`SealedTransport::with_socket`]:
+//! quarryd binds it first so that port 0 works and a port in use is reported before chitchat
+//! starts).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -77,6 +81,7 @@ pub struct SealedTransport {
     generation: u64,
     stats: Arc<SealStats>,
     capture: Option<Capture>,
+    bound: Arc<Mutex<Option<std::net::UdpSocket>>>,
 }
 
 impl SealedTransport {
@@ -88,7 +93,16 @@ impl SealedTransport {
             generation,
             stats: Arc::default(),
             capture: None,
+            bound: Arc::default(),
         }
+    }
+
+    /// Uses this already bound socket (once) instead of binding the listen address.
+    pub fn with_socket(self, socket: std::net::UdpSocket) -> Self {
+        if let Ok(mut b) = self.bound.lock() {
+            *b = Some(socket);
+        }
+        self
     }
 
     /// Also records every sealed datagram sent.
@@ -109,7 +123,14 @@ impl Transport for SealedTransport {
         if self.sender.len() > 255 {
             anyhow::bail!(SealError::SenderTooLong);
         }
-        let socket = tokio::net::UdpSocket::bind(listen_addr).await?;
+        let pre_bound = self.bound.lock().ok().and_then(|mut b| b.take());
+        let socket = match pre_bound {
+            Some(s) => {
+                s.set_nonblocking(true)?;
+                tokio::net::UdpSocket::from_std(s)?
+            }
+            None => tokio::net::UdpSocket::bind(listen_addr).await?,
+        };
         Ok(Box::new(SealedSocket {
             socket,
             t: self.clone(),

@@ -26,7 +26,10 @@
 //! fails with `EBUSY`, or `EXDEV` across file systems — as under `ip netns exec`, which
 //! bind-mounts `/etc/netns/NAME/hosts` over `/etc/hosts`), rewrites it in place. The in-place
 //! path is not atomic: a reader may briefly see a short file. Left out: locking against another
-//! writer of the file (one owner task per server writes it).
+//! writer of the file (one owner task per server writes it: [`keeper`], which decides who is
+//! listed: the committed members gossip sees alive).
+
+pub mod keeper;
 
 use std::io::Write;
 use std::net::IpAddr;
