@@ -338,8 +338,8 @@ impl Running {
     }
 }
 
-/// `quarryd run`: start Raft from the data directory, the RPC listener (Raft, Control and
-/// Join lanes), the HTTP API and the background tasks.
+/// `quarryd run`: start Raft from the data directory, the RPC listener (Raft, Control, Bulk
+/// and Join lanes), the HTTP API and the background tasks.
 pub async fn run(cfg: &Config) -> Result<Running, DaemonError> {
     let s = Secrets::of(cfg);
     let identity = s.identity()?;
@@ -374,6 +374,8 @@ pub async fn run(cfg: &Config) -> Result<Running, DaemonError> {
     ));
 
     let (lane_tx, lane_rx) = mpsc::channel(1024);
+    let snapshots =
+        cluster::transport::SnapshotService::new(node.raft_id, peers.clone(), inbox_tx.clone());
     let mut tasks = vec![tokio::spawn(cluster::transport::route(
         node.raft_id,
         lane_rx,
@@ -384,7 +386,7 @@ pub async fn run(cfg: &Config) -> Result<Running, DaemonError> {
     let handlers = Handlers {
         raft: Some(lane_tx),
         control: Some(Arc::new(ControlService::new(cluster.clone()))),
-        bulk: None,
+        bulk: Some(Arc::new(snapshots)),
         join: Some(Arc::new(JoinService::new(
             ClusterCa::from_pem(&s.read("ca.pem")?, &s.read("ca.key")?)?,
             s.join_secret()?,
