@@ -260,10 +260,7 @@ mod tests {
 
     #[test]
     fn heal_grace_defaults_to_two_minutes_and_takes_short_values() {
-        assert_eq!(
-            Config::default().heal_grace(),
-            Ok(Duration::from_secs(120))
-        );
+        assert_eq!(Config::default().heal_grace(), Ok(Duration::from_secs(120)));
         let cfg = Config::parse(Path::new("q.toml"), "heal_grace = \"4s\"\n").expect("valid");
         assert_eq!(cfg.heal_grace(), Ok(Duration::from_secs(4)));
         assert_eq!(cfg.gossip_forget_after(), Ok(Duration::from_secs(60)));

@@ -56,10 +56,7 @@ fn liveness(g: Option<&GossipView>, now_ms: u64) -> String {
         None => "-".to_owned(),
         Some(g) => format!(
             "{} {}",
-            serde_json::to_value(g.state)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default(),
+            g.state.name(),
             super::when::age(now_ms.saturating_sub(g.since_unix_ms) / 1000)
         ),
     }

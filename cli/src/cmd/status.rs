@@ -3,6 +3,7 @@
 //! seal dropped); and the voters the self-healing quorum replaced.
 
 use quarry_node::api::Status;
+use quarry_node::gossip::member::LiveState;
 
 use super::client::{NodeArgs, Target};
 
@@ -48,6 +49,13 @@ pub fn text(s: &Status, endpoint: &str) -> String {
             "gossip   {} alive, {} suspect, {} dead (listening on {}, generation {})\n",
             g.alive, g.suspect, g.dead, g.listen, g.generation
         ));
+        for (name, v) in g.seen.iter().filter(|(_, v)| v.state != LiveState::Alive) {
+            out.push_str(&format!(
+                "         {name} {} since {}\n",
+                v.state.name(),
+                super::when::utc(v.since_unix_ms)
+            ));
+        }
         out.push_str(&format!(
             "seal     {} sent, {} accepted, dropped: {} not sealed with the key, {} replayed, {} \
              malformed\n",
@@ -78,4 +86,68 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
         print!("{}", text(&s, &target.endpoint.to_string()));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quarry_node::api::{GossipStatus, GossipView};
+    use quarry_node::cluster::VoterReplacement;
+
+    #[test]
+    fn status_says_who_gossip_sees_down_and_which_voter_was_replaced() {
+        let s = Status {
+            name: "h1".into(),
+            address: "10.0.0.1".parse().expect("ip"),
+            rpc_port: 7701,
+            api_port: 7700,
+            version: "0.1.0".into(),
+            raft: None,
+            health: "ok".into(),
+            gossip: Some(GossipStatus {
+                cluster_id: "quarry-0011223344556677".into(),
+                listen: "10.0.0.1:7702".parse().expect("addr"),
+                generation: 7,
+                alive: 3,
+                suspect: 0,
+                dead: 1,
+                sent: 10,
+                accepted: 9,
+                not_sealed: 4,
+                replayed: 2,
+                malformed: 0,
+                seen: [(
+                    "h2".to_owned(),
+                    GossipView {
+                        state: LiveState::Dead,
+                        since_unix_ms: 1_767_225_600_000,
+                        generation: 3,
+                        heartbeat: 50,
+                        max_version: 12,
+                    },
+                )]
+                .into_iter()
+                .collect(),
+            }),
+            replacements: vec![VoterReplacement {
+                dead: "h2".into(),
+                dead_raft_id: 2,
+                dead_since_unix_ms: 1_767_225_600_000,
+                by: "h4".into(),
+                by_raft_id: 4,
+                at_unix_ms: 1_767_225_604_000,
+            }],
+        };
+        let t = text(&s, "http://10.0.0.1:7700");
+        assert!(
+            t.contains("gossip   3 alive, 0 suspect, 1 dead")
+                && t.contains("h2 dead since 2026-01-01 00:00:00Z")
+                && t.contains("4 not sealed with the key, 2 replayed")
+                && t.contains(
+                    "healed   voter h2 (raft 2) dead since 2026-01-01 00:00:00Z, replaced by h4 \
+                     (raft 4) at 2026-01-01 00:00:04Z"
+                ),
+            "{t}"
+        );
+    }
 }

@@ -112,6 +112,10 @@ pub struct GossipStatus {
     pub replayed: u64,
     /// Opened but malformed.
     pub malformed: u64,
+    /// Every server this gossip knows (members or not), by name: a local view that needs no
+    /// leader.
+    #[serde(default)]
+    pub seen: BTreeMap<String, GossipView>,
 }
 
 /// A server as this server's gossip sees it.

@@ -107,11 +107,7 @@ impl Heal {
         view: &View,
         liveness: &Liveness,
     ) -> BTreeSet<u64> {
-        let state_of = |id: u64| {
-            liveness
-                .get(&ServerId(c.name_of(id)))
-                .map(|l| l.state)
-        };
+        let state_of = |id: u64| liveness.get(&ServerId(c.name_of(id))).map(|l| l.state);
         let looks_down: BTreeMap<u64, bool> = view
             .voters
             .iter()
@@ -176,8 +172,12 @@ mod tests {
         let t0 = Instant::now();
         let at = |s: u64| t0 + Duration::from_secs(s);
         let mut t = DownTracker::default();
-        assert!(t.observe(at(0), 1000, grace, &looks(&[(2, true), (3, false)])).is_empty());
-        assert!(t.observe(at(5), 6000, grace, &looks(&[(2, true), (3, false)])).is_empty());
+        assert!(t
+            .observe(at(0), 1000, grace, &looks(&[(2, true), (3, false)]))
+            .is_empty());
+        assert!(t
+            .observe(at(5), 6000, grace, &looks(&[(2, true), (3, false)]))
+            .is_empty());
         assert_eq!(
             t.observe(at(6), 7000, grace, &looks(&[(2, true), (3, true)])),
             BTreeSet::from([2])
@@ -185,17 +185,25 @@ mod tests {
         assert_eq!(t.since_ms(2), Some(1000));
         assert_eq!(t.since_ms(3), Some(7000));
         // 2 answers once: its clock starts again.
-        assert!(t.observe(at(7), 8000, grace, &looks(&[(2, false), (3, true)])).is_empty());
-        assert!(t.observe(at(8), 9000, grace, &looks(&[(2, true), (3, true)])).is_empty());
+        assert!(t
+            .observe(at(7), 8000, grace, &looks(&[(2, false), (3, true)]))
+            .is_empty());
+        assert!(t
+            .observe(at(8), 9000, grace, &looks(&[(2, true), (3, true)]))
+            .is_empty());
         assert_eq!(t.since_ms(2), Some(9000));
         assert_eq!(
             t.observe(at(12), 13000, grace, &looks(&[(2, true), (3, true)])),
             BTreeSet::from([3])
         );
         // A voter no longer listed (demoted, removed) is forgotten; so is everything on clear.
-        assert!(t.observe(at(20), 21000, grace, &looks(&[(2, true)])).contains(&2));
+        assert!(t
+            .observe(at(20), 21000, grace, &looks(&[(2, true)]))
+            .contains(&2));
         assert_eq!(t.since_ms(3), None);
         t.clear();
-        assert!(t.observe(at(30), 31000, grace, &looks(&[(2, true)])).is_empty());
+        assert!(t
+            .observe(at(30), 31000, grace, &looks(&[(2, true)]))
+            .is_empty());
     }
 }

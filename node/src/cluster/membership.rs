@@ -505,7 +505,11 @@ mod tests {
         assert_eq!(replacements(&v, &step), vec![(4, 6)]);
         apply(&mut v, &step);
         assert_eq!(v.voters.len(), 5);
-        assert_eq!(plan(&v), Step::Keep, "5 is still down, and no learner is left");
+        assert_eq!(
+            plan(&v),
+            Step::Keep,
+            "5 is still down, and no learner is left"
+        );
     }
 
     #[test]

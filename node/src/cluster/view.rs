@@ -13,8 +13,8 @@ use crate::api::{
     RaftStatus, ServerEntry, Servers, Status,
 };
 use crate::gossip::member::{LiveState, Liveness, ServerLiveness};
-use crate::types::ServerId;
 use crate::rpc::server::BoxFuture;
+use crate::types::ServerId;
 
 impl From<ClusterError> for ApiFailure {
     fn from(e: ClusterError) -> Self {
@@ -69,6 +69,10 @@ impl Cluster {
             not_sealed: g.stats.not_sealed.load(Relaxed),
             replayed: g.stats.replayed.load(Relaxed),
             malformed: g.stats.malformed.load(Relaxed),
+            seen: live
+                .iter()
+                .map(|(n, l)| (n.0.clone(), gossip_view(l)))
+                .collect(),
         })
     }
 

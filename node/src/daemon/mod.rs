@@ -437,7 +437,10 @@ pub async fn run(cfg: &Config) -> Result<Running, DaemonError> {
         cluster.clone(),
         cfg.paths.etc.join("env"),
     )));
-    tasks.push(tokio::spawn(cluster::reconcile(cluster.clone(), heal_grace)));
+    tasks.push(tokio::spawn(cluster::reconcile(
+        cluster.clone(),
+        heal_grace,
+    )));
     Ok(Running {
         cluster,
         rpc,

@@ -51,6 +51,17 @@ pub enum LiveState {
     Dead,
 }
 
+impl LiveState {
+    /// `alive`, `suspect` or `dead` (as in JSON).
+    pub fn name(self) -> &'static str {
+        match self {
+            LiveState::Alive => "alive",
+            LiveState::Suspect => "suspect",
+            LiveState::Dead => "dead",
+        }
+    }
+}
+
 /// One server as this member sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServerLiveness {

@@ -8,7 +8,8 @@
 //!
 //! [`keep`] is the one task that writes the file: it renders the block on every change of the
 //! server list or of liveness, and writes only when the rendered block differs from the last
-//! one written (a heartbeat never touches the file). Right after a start, it waits until
+//! one written (a heartbeat never touches the file); every [`CHECK_EVERY`] it compares the file
+//! with what it should hold and rewrites it only if it differs. Right after a start, it waits until
 //! gossip has seen every member or [`SETTLE`] has passed, so a restart does not briefly empty
 //! the block. A failed write is logged and tried again every [`RETRY`].
 
@@ -19,7 +20,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::{is_valid_hostname, render_block, update, HostEntry};
+use super::{is_valid_hostname, render_block, update, HostEntry, WriteOutcome};
 use crate::cluster::ServerMap;
 use crate::gossip::member::{LiveState, Liveness};
 use crate::types::ServerId;
@@ -28,6 +29,8 @@ use crate::types::ServerId;
 pub const SETTLE: Duration = Duration::from_secs(3);
 /// How soon a failed write is tried again.
 pub const RETRY: Duration = Duration::from_secs(5);
+/// How often the file is compared with the block it should hold (an edit by hand is undone).
+pub const CHECK_EVERY: Duration = Duration::from_secs(30);
 
 /// The entries of the block: every committed server that gossip sees alive or suspect. Pure.
 pub fn live_entries(servers: &ServerMap, liveness: &Liveness) -> Vec<HostEntry> {
@@ -69,33 +72,43 @@ pub async fn keep(
     let start = Instant::now();
     let mut written: Option<String> = None;
     let mut failed = false;
+    let mut last_check = Instant::now();
     loop {
         let s = servers.borrow_and_update().clone();
         let l = liveness.borrow_and_update().clone();
         if written.is_some() || ready(&s, &l, start.elapsed()) {
             let entries = live_entries(&s, &l);
             let block = render_block(&entries);
-            if written.as_ref() != Some(&block) {
+            // A changed block is written; an unchanged one is only checked against the file
+            // now and then (someone may have edited it), and rewritten only if it differs.
+            let check = last_check.elapsed() >= CHECK_EVERY;
+            if written.as_ref() != Some(&block) || check {
+                last_check = Instant::now();
                 match update(&path, &entries) {
                     Ok(how) => {
-                        let names: Vec<&str> = entries.iter().map(|e| e.hostname.as_str()).collect();
-                        tracing::info!(file = %path.display(), ?how, "hosts block lists {names:?}");
+                        if how != WriteOutcome::Unchanged || written.is_none() {
+                            let names: Vec<&str> =
+                                entries.iter().map(|e| e.hostname.as_str()).collect();
+                            tracing::info!(file = %path.display(), ?how, "hosts block lists {names:?}");
+                        }
                         written = Some(block);
                         failed = false;
                     }
                     Err(e) => {
                         if !failed {
-                            tracing::warn!("hosts block not written (tried again every {RETRY:?}): {e}");
+                            tracing::warn!(
+                                "hosts block not written (tried again every {RETRY:?}): {e}"
+                            );
                         }
                         failed = true;
                     }
                 }
             }
         }
-        let wait = if failed || written.is_none() {
-            Duration::from_millis(if failed { RETRY.as_millis() as u64 } else { 250 })
-        } else {
-            Duration::from_secs(3600)
+        let wait = match (failed, written.is_some()) {
+            (true, _) => RETRY,
+            (false, false) => Duration::from_millis(250), // waiting for the settle time
+            (false, true) => CHECK_EVERY,
         };
         tokio::select! {
             r = servers.changed() => if r.is_err() { return },
@@ -176,9 +189,12 @@ mod tests {
 
     #[test]
     fn the_first_write_waits_for_gossip_to_see_every_member_or_the_settle_time() {
-        let servers: ServerMap = [server("h1", "h1", "10.0.0.1"), server("h2", "h2", "10.0.0.2")]
-            .into_iter()
-            .collect();
+        let servers: ServerMap = [
+            server("h1", "h1", "10.0.0.1"),
+            server("h2", "h2", "10.0.0.2"),
+        ]
+        .into_iter()
+        .collect();
         let one: Liveness = [seen("h1", LiveState::Alive)].into_iter().collect();
         let both: Liveness = [seen("h1", LiveState::Alive), seen("h2", LiveState::Dead)]
             .into_iter()
