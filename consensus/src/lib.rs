@@ -89,15 +89,14 @@
 //!
 //! # Left out (deliberately, for now)
 //!
-//! - Snapshot streaming in chunks (the TCP transport in [`tcp`] sends a snapshot as one frame
-//!   on its own lane).
 //! - Removing or demoting the leader in one step (raft-rs 0.7 cannot run a leader outside its
 //!   own configuration): transfer leadership, then ask the new leader.
 //! - Forwarding proposals from a follower to the leader: a follower answers `NotLeader` with
 //!   the leader's id, and the caller (quarryd's RPC) forwards.
 //! - Lease reads (`LeaseBased`): they trade the heartbeat round for a clock assumption.
-//! - Expiry of idle client sessions; snapshots larger than memory; an entry cache (reads go to
-//!   redb; terms are cached in memory).
+//! - Expiry of idle client sessions; snapshots larger than memory (the TCP transport streams
+//!   a snapshot in chunks, but it is built, stored and restored as one value); an entry cache
+//!   (reads go to redb; terms are cached in memory).
 //! - Batching of proposals across wake-ups beyond the 256-message drain (the next issue
 //!   measures it).
 

@@ -2,10 +2,12 @@
 //!
 //! # Layout
 //!
-//! One redb file, two tables. `entries` maps a log index to the protobuf bytes of that entry.
-//! `meta` holds the hard state (term, vote, commit), the metadata of the latest snapshot (its
-//! index, term and `ConfState`), the snapshot's data, the applied index, and the configuration
-//! of the latest applied conf change with its index ([`RedbStorage::set_conf_state`]).
+//! One redb file, three tables. `entries` maps a log index to the protobuf bytes of that
+//! entry. `meta` holds the hard state (term, vote, commit), the metadata of the latest
+//! snapshot (its index, term and `ConfState`), the applied index, and the configuration of
+//! the latest applied conf change with its index ([`RedbStorage::set_conf_state`]).
+//! `snapshot` holds the snapshot's data alone, so that the hard-state write of every `Ready`
+//! never copies the page of a big value.
 //!
 //! A founding member's storage starts with a snapshot at [`BOOTSTRAP_INDEX`]
 //! ([`RedbStorage::bootstrap`]); a joiner's (opened with no voters) starts empty, at 0.
@@ -35,8 +37,8 @@
 //! transaction before the entries); it exists so the crash tests can show they catch it.
 //!
 //! Left out: an in-memory entry cache (each read opens a read transaction; terms are cached),
-//! and snapshot data larger than memory (the snapshot is one value; chunked streaming is the
-//! network issue's work).
+//! and snapshot data larger than memory (the snapshot is one value; the TCP transport streams
+//! it in chunks).
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -52,6 +54,9 @@ use crate::codec::{self, CodecError};
 
 const ENTRIES: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("entries");
 const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta");
+/// The snapshot's data, alone in its table: a write of the (small) hard state must never
+/// rewrite the page that holds a big value.
+const SNAPSHOT: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("snapshot");
 const K_HARD_STATE: &str = "hard_state";
 const K_SNAP_META: &str = "snapshot_meta";
 const K_SNAP_DATA: &str = "snapshot_data";
@@ -184,6 +189,7 @@ impl RedbStorage {
         let txn = db.begin_write().map_err(engine)?;
         {
             txn.open_table(ENTRIES).map_err(engine)?;
+            let mut snap = txn.open_table(SNAPSHOT).map_err(engine)?;
             let mut meta = txn.open_table(META).map_err(engine)?;
             if meta.get(K_SNAP_META).map_err(engine)?.is_none() {
                 let mut sm = SnapshotMetadata::default();
@@ -192,7 +198,7 @@ impl RedbStorage {
                 let hsb = codec::encode_pb(&HardState::default())?;
                 meta.insert(K_SNAP_META, smb.as_slice()).map_err(engine)?;
                 meta.insert(K_HARD_STATE, hsb.as_slice()).map_err(engine)?;
-                meta.insert(K_SNAP_DATA, &[][..]).map_err(engine)?;
+                snap.insert(K_SNAP_DATA, &[][..]).map_err(engine)?;
             }
         }
         txn.commit().map_err(engine)?;
@@ -375,8 +381,8 @@ impl RedbStorage {
     /// The latest snapshot, data included.
     pub fn load_snapshot(&self) -> Result<Snapshot, StoreError> {
         let read = self.db.begin_read().map_err(engine)?;
-        let meta = read.open_table(META).map_err(engine)?;
-        let data = meta
+        let table = read.open_table(SNAPSHOT).map_err(engine)?;
+        let data = table
             .get(K_SNAP_DATA)
             .map_err(engine)?
             .map(|v| v.value().to_vec())
@@ -514,7 +520,8 @@ impl RedbStorage {
             let mut meta = txn.open_table(META).map_err(engine)?;
             let smb = codec::encode_pb(s.get_metadata())?;
             meta.insert(K_SNAP_META, smb.as_slice()).map_err(engine)?;
-            meta.insert(K_SNAP_DATA, &s.data[..]).map_err(engine)?;
+            let mut snap = txn.open_table(SNAPSHOT).map_err(engine)?;
+            snap.insert(K_SNAP_DATA, &s.data[..]).map_err(engine)?;
         }
         if let Some(first) = entries.first() {
             table
@@ -594,7 +601,8 @@ impl RedbStorage {
             let mut m = txn.open_table(META).map_err(engine)?;
             let smb = codec::encode_pb(&meta)?;
             m.insert(K_SNAP_META, smb.as_slice()).map_err(engine)?;
-            m.insert(K_SNAP_DATA, data.as_slice()).map_err(engine)?;
+            let mut snap = txn.open_table(SNAPSHOT).map_err(engine)?;
+            snap.insert(K_SNAP_DATA, data.as_slice()).map_err(engine)?;
             let mut t = txn.open_table(ENTRIES).map_err(engine)?;
             t.retain_in(..=index, |_, _| false).map_err(engine)?;
         }

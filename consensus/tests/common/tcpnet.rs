@@ -96,8 +96,7 @@ impl TcpCluster {
     pub async fn new(total: u64, founders: u64) -> Self {
         let mut addrs = HashMap::new();
         for id in 1..=total {
-            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            addrs.insert(id, l.local_addr().unwrap());
+            addrs.insert(id, node_addr().await);
         }
         let mut links = BTreeMap::new();
         for from in 1..=total {
@@ -319,6 +318,24 @@ pub async fn put_via(
         }
     }
     Err(last)
+}
+
+/// A loopback address for a node: a port below the kernel's ephemeral range (so no outgoing
+/// connection takes it while the node is down) that no other test of this process uses.
+async fn node_addr() -> SocketAddr {
+    use rand::Rng;
+    static USED: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let port = rand::rng().random_range(10_000..32_000u16);
+        if !USED.lock().unwrap().insert(port) {
+            continue;
+        }
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        if TcpListener::bind(addr).await.is_ok() {
+            return addr;
+        }
+    }
 }
 
 pub async fn bind_retry(addr: SocketAddr) -> TcpListener {
