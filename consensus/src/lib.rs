@@ -112,6 +112,6 @@ pub mod tcp;
 pub mod transport;
 
 pub use error::{ClientError, NodeError};
-pub use handle::{Handle, MemberChange, PeerProgress, Role, Status};
+pub use handle::{Handle, MemberChange, PeerProgress, Role, Stats, Status};
 pub use machine::{IdempotencyKey, MachineError, StateMachine};
 pub use node::{start, NodeConfig, NodeTask, ReadMode};

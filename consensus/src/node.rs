@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::codec;
-use crate::handle::{Handle, Membership, PeerProgress, ReadFn, Request, Role, Status};
+use crate::handle::{Handle, Membership, PeerProgress, ReadFn, Request, Role, Stats, Status};
 use crate::machine::{Replica, StateMachine};
 use crate::membership;
 use crate::storage::{RedbStorage, StorageOptions};
@@ -313,6 +313,10 @@ impl<S: StateMachine, T: Transport> Runner<S, T> {
             Request::Status { reply } => {
                 let _ = reply.send(self.status());
             }
+            Request::Stats { reply } => {
+                let (writes, entries) = self.raw.store().write_stats();
+                let _ = reply.send(Stats { writes, entries });
+            }
             Request::ChangeMembership { changes, reply } => {
                 let r = self.propose_membership(&changes);
                 match r {
@@ -496,13 +500,21 @@ impl<S: StateMachine, T: Transport> Runner<S, T> {
         // 1. A leader's messages may leave before its own write (Raft thesis §10.2.1).
         self.send(rd.take_messages());
 
-        // 2. Snapshot, entries, hard state: one atomic, fsynced write.
+        // 2. Snapshot, entries, hard state: one atomic, fsynced write. A hard state whose
+        //    only change is the commit index promises nothing to anyone: it waits in memory
+        //    for the next write (see the storage docs), which saves an fsync per commit.
         let snapshot = (!rd.snapshot().is_empty()).then(|| rd.snapshot().clone());
-        if snapshot.is_some() || !rd.entries().is_empty() || rd.hs().is_some() {
-            let hs = rd.hs().cloned();
+        let hs = rd.hs().cloned();
+        let old = self.raw.store().hard_state();
+        let vote_or_term = hs
+            .as_ref()
+            .is_some_and(|h| h.term != old.term || h.vote != old.vote);
+        if snapshot.is_some() || !rd.entries().is_empty() || vote_or_term {
             self.raw
                 .mut_store()
                 .persist_ready(snapshot.as_ref(), rd.entries(), hs.as_ref())?;
+        } else if let Some(h) = hs {
+            self.raw.mut_store().set_commit(h.commit);
         }
 
         // 3. Apply the snapshot, then the committed entries (durable by construction).

@@ -25,8 +25,9 @@
 //!    restores the state machine from the snapshot and replays the committed entries after
 //!    it, skipping the conf changes at or below that index.
 //!
-//! The commit index learnt from a `LightReady` and the applied index are kept in memory and
-//! written with the next write (or by [`RedbStorage::flush`]). Losing them in a crash is safe:
+//! The commit index learnt from a `LightReady` (or from a `Ready` whose hard state moved
+//! only the commit index: the node writes nothing for it) and the applied index are kept in
+//! memory and written with the next write (or by [`RedbStorage::flush`]). Losing them in a crash is safe:
 //! a restarted node re-learns its commit index from the leader and re-applies from its snapshot.
 //!
 //! # Fault injection
@@ -168,6 +169,9 @@ pub struct RedbStorage {
     dirty: bool,
     opts: StorageOptions,
     seq: u64,
+    /// Committed (fsynced) write transactions, and entries written, since open.
+    writes: u64,
+    entries_written: u64,
 }
 
 impl fmt::Debug for RedbStorage {
@@ -255,6 +259,8 @@ impl RedbStorage {
             dirty: false,
             opts,
             seq: 0,
+            writes: 0,
+            entries_written: 0,
         };
         if store.hs.commit > store.last() {
             return Err(corrupt(format!(
@@ -368,6 +374,7 @@ impl RedbStorage {
         self.write_hard_state(&txn, &self.hs)?;
         self.crash(point.clone(), CrashStage::BeforeCommit)?;
         txn.commit().map_err(engine)?;
+        self.writes += 1;
         self.conf = Some((index, cs));
         self.dirty = false;
         self.crash(point, CrashStage::AfterCommit)
@@ -376,6 +383,11 @@ impl RedbStorage {
     /// Whether raft-rs asked for a snapshot this storage could not serve since the last call.
     pub fn take_snapshot_wanted(&self) -> bool {
         self.snapshot_wanted.swap(false, Ordering::Relaxed)
+    }
+
+    /// (fsynced write transactions, log entries written) since the storage was opened.
+    pub fn write_stats(&self) -> (u64, u64) {
+        (self.writes, self.entries_written)
     }
 
     /// The latest snapshot, data included.
@@ -462,17 +474,20 @@ impl RedbStorage {
             let txn = self.db.begin_write().map_err(engine)?;
             self.write_hard_state(&txn, &new_hs)?;
             txn.commit().map_err(engine)?;
+            self.writes += 1;
             self.crash(point.clone(), CrashStage::Between)?;
             let txn = self.db.begin_write().map_err(engine)?;
             self.write_log(&txn, snapshot, entries)?;
             self.crash(point.clone(), CrashStage::BeforeCommit)?;
             txn.commit().map_err(engine)?;
+            self.writes += 1;
         } else {
             let txn = self.db.begin_write().map_err(engine)?;
             self.write_log(&txn, snapshot, entries)?;
             self.write_hard_state(&txn, &new_hs)?;
             self.crash(point.clone(), CrashStage::BeforeCommit)?;
             txn.commit().map_err(engine)?;
+            self.writes += 1;
         }
         if let Some(s) = snapshot {
             self.snap_meta = s.get_metadata().clone();
@@ -485,6 +500,7 @@ impl RedbStorage {
                 self.conf = None;
             }
         }
+        self.entries_written += entries.len() as u64;
         if let Some(e) = entries.first() {
             let keep = (e.index - self.first()) as usize;
             self.terms.truncate(keep);
@@ -554,6 +570,7 @@ impl RedbStorage {
         self.write_hard_state(&txn, &self.hs)?;
         self.crash(point.clone(), CrashStage::BeforeCommit)?;
         txn.commit().map_err(engine)?;
+        self.writes += 1;
         self.dirty = false;
         self.crash(point, CrashStage::AfterCommit)
     }
@@ -609,6 +626,7 @@ impl RedbStorage {
         self.write_hard_state(&txn, &self.hs)?;
         self.crash(point.clone(), CrashStage::BeforeCommit)?;
         txn.commit().map_err(engine)?;
+        self.writes += 1;
         let drop_n = (index - self.snap_meta.index) as usize;
         self.terms.drain(..drop_n);
         self.snap_meta = meta;
