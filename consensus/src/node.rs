@@ -198,6 +198,19 @@ struct Runner<S: StateMachine, T> {
     next_read: u64,
 }
 
+/// Runs a blocking write (an fsync). On a multi-threaded runtime the worker hands its other
+/// tasks to another thread meanwhile, so the node's transport and the other tasks keep
+/// running while the disk works; on a current-thread runtime (the tests' paused clock) it
+/// just runs.
+fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    if Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread) {
+        tokio::task::block_in_place(f)
+    } else {
+        f()
+    }
+}
+
 /// How many queued messages or requests one wake-up takes before handling `Ready`.
 const BATCH: usize = 256;
 
@@ -510,9 +523,8 @@ impl<S: StateMachine, T: Transport> Runner<S, T> {
             .as_ref()
             .is_some_and(|h| h.term != old.term || h.vote != old.vote);
         if snapshot.is_some() || !rd.entries().is_empty() || vote_or_term {
-            self.raw
-                .mut_store()
-                .persist_ready(snapshot.as_ref(), rd.entries(), hs.as_ref())?;
+            let store = self.raw.mut_store();
+            blocking(|| store.persist_ready(snapshot.as_ref(), rd.entries(), hs.as_ref()))?;
         } else if let Some(h) = hs {
             self.raw.mut_store().set_commit(h.commit);
         }
@@ -712,7 +724,8 @@ impl<S: StateMachine, T: Transport> Runner<S, T> {
         }
         let data = self.replica.snapshot()?;
         let cs = self.raw.raft.prs().conf().to_conf_state();
-        self.raw.mut_store().compact(applied, cs, data)?;
+        let store = self.raw.mut_store();
+        blocking(|| store.compact(applied, cs, data))?;
         Ok(())
     }
 }
