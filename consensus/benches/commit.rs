@@ -333,14 +333,15 @@ fn start_etcd(dir: &Path) -> Etcd {
         .enumerate()
         .map(|(i, p)| format!("m{i}=http://127.0.0.1:{p}"))
         .collect();
+    let urls: Vec<String> = clients
+        .iter()
+        .map(|p| format!("http://127.0.0.1:{p}"))
+        .collect();
     let mut etcd = Etcd {
         children: Vec::new(),
-        clients: clients
-            .iter()
-            .map(|p| format!("http://127.0.0.1:{p}"))
-            .collect(),
+        clients: urls.clone(),
     };
-    for i in 0..3 {
+    for (i, (peer, url)) in peers.iter().zip(&urls).enumerate() {
         let log = std::fs::File::create(dir.join(format!("etcd{i}.log"))).expect("etcd log");
         let child = Command::new(&bin)
             .args([
@@ -349,13 +350,13 @@ fn start_etcd(dir: &Path) -> Etcd {
                 "--data-dir",
                 dir.join(format!("etcd{i}")).to_str().unwrap(),
                 "--listen-peer-urls",
-                &format!("http://127.0.0.1:{}", peers[i]),
+                &format!("http://127.0.0.1:{peer}"),
                 "--initial-advertise-peer-urls",
-                &format!("http://127.0.0.1:{}", peers[i]),
+                &format!("http://127.0.0.1:{peer}"),
                 "--listen-client-urls",
-                &etcd.clients[i],
+                url,
                 "--advertise-client-urls",
-                &etcd.clients[i],
+                url,
                 "--initial-cluster",
                 &initial.join(","),
                 "--initial-cluster-state",
@@ -456,7 +457,10 @@ fn main() {
         .expect("runtime");
 
     let fsync = fsync_ms(dir.path(), plan.fsync_samples);
-    eprintln!("fsync (4 KiB + fdatasync) p50: {fsync:.2} ms in {}", dir.path().display());
+    eprintln!(
+        "fsync (4 KiB + fdatasync) p50: {fsync:.2} ms in {}",
+        dir.path().display()
+    );
     let redb_ms = redb_commit_ms(dir.path(), plan.fsync_samples);
     eprintln!("redb commit (one 300-byte value) p50: {redb_ms:.2} ms");
     let mut q = rt.block_on(bench_quarry(dir.path(), &plan));

@@ -19,7 +19,7 @@ use crate::codec;
 use crate::handle::{Handle, Membership, PeerProgress, ReadFn, Request, Role, Stats, Status};
 use crate::machine::{Replica, StateMachine};
 use crate::membership;
-use crate::storage::{RedbStorage, StorageOptions};
+use crate::storage::{RedbStorage, StorageOptions, StoreError};
 use crate::transport::{Inbound, Transport};
 use crate::{ClientError, NodeError};
 
@@ -114,6 +114,10 @@ pub type NodeTask = JoinHandle<Result<(), NodeError>>;
 /// Starts a node: opens (or creates) its storage, restores its state machine from the latest
 /// snapshot, and spawns its owner task on the current tokio runtime. Messages for the node
 /// must be delivered to the sender of `inbox` (see [`crate::transport::inbox`]).
+///
+/// After the owner task of a node was aborted, its last storage commit may still be finishing
+/// on the blocking pool for a moment: starting it again at once may fail with redb's
+/// `DatabaseAlreadyOpen`; retry shortly.
 pub fn start<S: StateMachine, T: Transport>(
     cfg: NodeConfig,
     machine: S,
@@ -203,12 +207,16 @@ struct Runner<S: StateMachine, T> {
 /// running while the disk works; on a current-thread runtime (the tests' paused clock) it
 /// just runs.
 fn blocking<R>(f: impl FnOnce() -> R) -> R {
-    use tokio::runtime::{Handle, RuntimeFlavor};
-    if Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread) {
+    if multi_thread() {
         tokio::task::block_in_place(f)
     } else {
         f()
     }
+}
+
+fn multi_thread() -> bool {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread)
 }
 
 /// How many queued messages or requests one wake-up takes before handling `Ready`.
@@ -248,7 +256,7 @@ impl<S: StateMachine, T: Transport> Runner<S, T> {
                     }
                 }
             }
-            self.handle_ready()?;
+            self.handle_ready().await?;
             self.check_transfer();
         }
         self.raw.mut_store().flush()?;
@@ -494,19 +502,19 @@ impl<S: StateMachine, T: Transport> Runner<S, T> {
 
     /// Handles `Ready`s until raft-rs has nothing more (bounded: a busy node still gets back
     /// to its tick and inbox).
-    fn handle_ready(&mut self) -> Result<(), NodeError> {
+    async fn handle_ready(&mut self) -> Result<(), NodeError> {
         self.maybe_leave_joint();
         for _ in 0..4 {
             if !self.raw.has_ready() {
                 break;
             }
-            self.handle_one_ready()?;
+            self.handle_one_ready().await?;
         }
         Ok(())
     }
 
     /// Handles one `Ready` in raft-rs's documented order; see the crate docs.
-    fn handle_one_ready(&mut self) -> Result<(), NodeError> {
+    async fn handle_one_ready(&mut self) -> Result<(), NodeError> {
         let mut rd = self.raw.ready();
         let soft = rd.ss().map(|ss| (ss.leader_id, ss.raft_state));
 
@@ -523,8 +531,8 @@ impl<S: StateMachine, T: Transport> Runner<S, T> {
             .as_ref()
             .is_some_and(|h| h.term != old.term || h.vote != old.vote);
         if snapshot.is_some() || !rd.entries().is_empty() || vote_or_term {
-            let store = self.raw.mut_store();
-            blocking(|| store.persist_ready(snapshot.as_ref(), rd.entries(), hs.as_ref()))?;
+            self.persist(snapshot.as_ref(), rd.entries(), hs.as_ref())
+                .await?;
         } else if let Some(h) = hs {
             self.raw.mut_store().set_commit(h.commit);
         }
@@ -562,6 +570,31 @@ impl<S: StateMachine, T: Transport> Runner<S, T> {
         }
         self.serve_reads();
         self.maybe_compact()
+    }
+
+    /// Persists a `Ready` (see [`RedbStorage::persist_ready`]). On a multi-threaded runtime the
+    /// commit's fsync runs on the blocking pool while this task waits, so the worker thread
+    /// meanwhile runs the transport's writers (the appends just handed over leave at once) and
+    /// the other nodes' tasks.
+    async fn persist(
+        &mut self,
+        snapshot: Option<&raft::eraftpb::Snapshot>,
+        entries: &[Entry],
+        hs: Option<&raft::eraftpb::HardState>,
+    ) -> Result<(), NodeError> {
+        let store = self.raw.mut_store();
+        if !multi_thread() || self.cfg.storage.unsafe_hard_state_first {
+            return Ok(store.persist_ready(snapshot, entries, hs)?);
+        }
+        let w = store.begin_ready(snapshot, entries, hs)?;
+        let w = tokio::task::spawn_blocking(move || w.commit())
+            .await
+            .map_err(|e| {
+                StoreError::Engine(redb::Error::Io(std::io::Error::other(format!(
+                    "the storage commit did not finish: {e}"
+                ))))
+            })?;
+        Ok(self.raw.mut_store().end_ready(w)?)
     }
 
     fn send(&self, msgs: Vec<raft::eraftpb::Message>) {

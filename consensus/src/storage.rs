@@ -25,9 +25,10 @@
 //!    restores the state machine from the snapshot and replays the committed entries after
 //!    it, skipping the conf changes at or below that index.
 //!
-//! The commit index learnt from a `LightReady` (or from a `Ready` whose hard state moved
-//! only the commit index: the node writes nothing for it) and the applied index are kept in
-//! memory and written with the next write (or by [`RedbStorage::flush`]). Losing them in a crash is safe:
+//! The commit index (learnt from a `LightReady`, or from a `Ready` whose hard state moved
+//! only the commit index) and the applied index are kept in memory and written with the next
+//! write of the hard state (a term or vote change, a snapshot, a compaction, a conf change) or
+//! by [`RedbStorage::flush`]; an append of entries alone writes only the `entries` table. Losing them in a crash is safe:
 //! a restarted node re-learns its commit index from the leader and re-applies from its snapshot.
 //!
 //! # Fault injection
@@ -182,6 +183,37 @@ impl fmt::Debug for RedbStorage {
             .field("snapshot_index", &self.snap_meta.index)
             .field("last_index", &self.last())
             .finish()
+    }
+}
+
+/// A `Ready`'s write transaction, prepared by [`RedbStorage::begin_ready`].
+pub struct ReadyWrite {
+    txn: Option<redb::WriteTransaction>,
+    result: Result<(), StoreError>,
+    point: WritePoint,
+    snapshot: Option<SnapshotMetadata>,
+    first: Option<u64>,
+    terms: Vec<u64>,
+    new_hs: HardState,
+    hs_written: bool,
+}
+
+impl fmt::Debug for ReadyWrite {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReadyWrite")
+            .field("committed", &self.txn.is_none())
+            .field("entries", &self.point.entries)
+            .finish()
+    }
+}
+
+impl ReadyWrite {
+    /// Commits (and fsyncs) the transaction: the blocking part, which may run on any thread.
+    pub fn commit(mut self) -> Self {
+        if let Some(txn) = self.txn.take() {
+            self.result = txn.commit().map_err(engine);
+        }
+        self
     }
 }
 
@@ -440,6 +472,73 @@ impl RedbStorage {
         entries: &[Entry],
         hs: Option<&HardState>,
     ) -> Result<(), StoreError> {
+        if self.opts.unsafe_hard_state_first {
+            return self.persist_ready_hard_state_first(snapshot, entries, hs);
+        }
+        let w = self.begin_ready(snapshot, entries, hs)?.commit();
+        self.end_ready(w)
+    }
+
+    /// The first half of [`RedbStorage::persist_ready`]: checks the write and prepares its
+    /// transaction. [`ReadyWrite::commit`] (the fsync; it may run on another thread) and
+    /// [`RedbStorage::end_ready`] complete it; nothing else may touch the storage meanwhile.
+    ///
+    /// The hard state is written when its term or vote changed or with a snapshot; a commit
+    /// index that alone moved waits for the next such write (see the module docs), so an
+    /// ordinary append touches the `entries` table only.
+    pub fn begin_ready(
+        &mut self,
+        snapshot: Option<&Snapshot>,
+        entries: &[Entry],
+        hs: Option<&HardState>,
+    ) -> Result<ReadyWrite, StoreError> {
+        if self.opts.unsafe_hard_state_first {
+            return Err(StoreError::Corrupt {
+                path: self.path.clone(),
+                what: "begin_ready does not do the unsafe hard-state-first write".into(),
+            });
+        }
+        let (point, new_hs) = self.check_ready(snapshot, entries, hs)?;
+        let hs_due = snapshot.is_some()
+            || new_hs.term != self.hs.term
+            || new_hs.vote != self.hs.vote
+            || entries.is_empty();
+        let txn = self.db.begin_write().map_err(engine)?;
+        self.write_log(&txn, snapshot, entries)?;
+        if hs_due {
+            self.write_hard_state(&txn, &new_hs)?;
+        }
+        self.crash(point.clone(), CrashStage::BeforeCommit)?;
+        Ok(ReadyWrite {
+            txn: Some(txn),
+            result: Ok(()),
+            point,
+            snapshot: snapshot.map(|s| s.get_metadata().clone()),
+            first: entries.first().map(|e| e.index),
+            terms: entries.iter().map(|e| e.term).collect(),
+            new_hs,
+            hs_written: hs_due,
+        })
+    }
+
+    /// Completes a write begun by [`RedbStorage::begin_ready`] once it was committed.
+    pub fn end_ready(&mut self, mut w: ReadyWrite) -> Result<(), StoreError> {
+        if w.txn.is_some() {
+            w = w.commit();
+        }
+        w.result?;
+        self.writes += 1;
+        self.applied_write(w.snapshot, w.first, w.terms, w.new_hs, w.hs_written);
+        self.crash(w.point, CrashStage::AfterCommit)
+    }
+
+    /// Checks a `Ready`'s write; its crash point and the hard state it leads to.
+    fn check_ready(
+        &mut self,
+        snapshot: Option<&Snapshot>,
+        entries: &[Entry],
+        hs: Option<&HardState>,
+    ) -> Result<(WritePoint, HardState), StoreError> {
         self.seq += 1;
         if let Some(e) = entries.first() {
             let floor = snapshot.map_or(self.first(), |s| s.get_metadata().index + 1);
@@ -470,27 +569,20 @@ impl RedbStorage {
             commit: new_hs.commit,
             last_index_before: self.last(),
         };
-        if self.opts.unsafe_hard_state_first {
-            let txn = self.db.begin_write().map_err(engine)?;
-            self.write_hard_state(&txn, &new_hs)?;
-            txn.commit().map_err(engine)?;
-            self.writes += 1;
-            self.crash(point.clone(), CrashStage::Between)?;
-            let txn = self.db.begin_write().map_err(engine)?;
-            self.write_log(&txn, snapshot, entries)?;
-            self.crash(point.clone(), CrashStage::BeforeCommit)?;
-            txn.commit().map_err(engine)?;
-            self.writes += 1;
-        } else {
-            let txn = self.db.begin_write().map_err(engine)?;
-            self.write_log(&txn, snapshot, entries)?;
-            self.write_hard_state(&txn, &new_hs)?;
-            self.crash(point.clone(), CrashStage::BeforeCommit)?;
-            txn.commit().map_err(engine)?;
-            self.writes += 1;
-        }
-        if let Some(s) = snapshot {
-            self.snap_meta = s.get_metadata().clone();
+        Ok((point, new_hs))
+    }
+
+    /// Updates the in-memory view after a committed `Ready` write.
+    fn applied_write(
+        &mut self,
+        snapshot: Option<SnapshotMetadata>,
+        first: Option<u64>,
+        terms: Vec<u64>,
+        new_hs: HardState,
+        hs_written: bool,
+    ) {
+        if let Some(m) = snapshot {
+            self.snap_meta = m;
             self.terms.clear();
             if self
                 .conf
@@ -500,14 +592,43 @@ impl RedbStorage {
                 self.conf = None;
             }
         }
-        self.entries_written += entries.len() as u64;
-        if let Some(e) = entries.first() {
-            let keep = (e.index - self.first()) as usize;
+        self.entries_written += terms.len() as u64;
+        if let Some(first) = first {
+            let keep = (first - self.first()) as usize;
             self.terms.truncate(keep);
-            self.terms.extend(entries.iter().map(|e| e.term));
+            self.terms.extend(terms);
+        }
+        if hs_written {
+            self.dirty = false;
+        } else if new_hs.commit != self.hs.commit {
+            self.dirty = true;
         }
         self.hs = new_hs;
-        self.dirty = false;
+    }
+
+    /// BROKEN ON PURPOSE (the crash tests' negative control): the hard state in its own
+    /// transaction before the entries.
+    fn persist_ready_hard_state_first(
+        &mut self,
+        snapshot: Option<&Snapshot>,
+        entries: &[Entry],
+        hs: Option<&HardState>,
+    ) -> Result<(), StoreError> {
+        let (point, new_hs) = self.check_ready(snapshot, entries, hs)?;
+        let txn = self.db.begin_write().map_err(engine)?;
+        self.write_hard_state(&txn, &new_hs)?;
+        txn.commit().map_err(engine)?;
+        self.writes += 1;
+        self.crash(point.clone(), CrashStage::Between)?;
+        let txn = self.db.begin_write().map_err(engine)?;
+        self.write_log(&txn, snapshot, entries)?;
+        self.crash(point.clone(), CrashStage::BeforeCommit)?;
+        txn.commit().map_err(engine)?;
+        self.writes += 1;
+        let first = entries.first().map(|e| e.index);
+        let terms = entries.iter().map(|e| e.term).collect();
+        let snap = snapshot.map(|s| s.get_metadata().clone());
+        self.applied_write(snap, first, terms, new_hs, true);
         self.crash(point, CrashStage::AfterCommit)
     }
 

@@ -91,7 +91,7 @@ async fn tcp_minority_partition_commits_nothing_and_heals_into_one_history() {
     let follower = if old == 1 { 2 } else { 1 };
     let minority = [old, follower];
     let majority: Vec<u64> = (1..=5).filter(|x| !minority.contains(x)).collect();
-    c.partition(&minority, &majority);
+    c.partition(&minority, &majority).await;
 
     let limit = c.config(old).election_timeout() * 2 + Duration::from_millis(500);
     let t0 = Instant::now();
