@@ -27,6 +27,13 @@ pub enum ClientError {
     /// A request older than the client's latest one: it applied before, its output is gone.
     #[error("request {seq} of client {client} is older than its latest ({latest})")]
     StaleRequest { client: u64, seq: u64, latest: u64 },
+    /// A membership change is still in flight (this node's, or one raft has not applied or
+    /// left yet): wait for it to finish (see `Status`) and ask again.
+    #[error("a membership change is already in progress: wait for it to finish, then retry")]
+    MembershipChangeInProgress,
+    /// The membership change or leader transfer cannot be made as asked; the text says why.
+    #[error("invalid membership request: {0}")]
+    InvalidMembership(String),
     /// The command could not be encoded.
     #[error("encode: {0}")]
     Encode(String),

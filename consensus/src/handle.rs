@@ -1,5 +1,7 @@
-//! The client side of a node: propose, read, status, shutdown.
+//! The client side of a node: propose, read, membership changes, leader transfer, status,
+//! shutdown.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
@@ -24,9 +26,43 @@ pub(crate) enum Request<S: StateMachine> {
     Status {
         reply: oneshot::Sender<Status>,
     },
+    Stats {
+        reply: oneshot::Sender<Stats>,
+    },
+    ChangeMembership {
+        changes: Vec<MemberChange>,
+        reply: oneshot::Sender<Result<Membership, ClientError>>,
+    },
+    TransferLeader {
+        to: u64,
+        reply: oneshot::Sender<Result<(), ClientError>>,
+    },
     Shutdown {
         reply: oneshot::Sender<()>,
     },
+}
+
+/// The cluster's membership: (voters, learners), each sorted.
+pub(crate) type Membership = (Vec<u64>, Vec<u64>);
+
+/// One change to the cluster's membership.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MemberChange {
+    /// Make the node a voter (a new node, or the promotion of a learner).
+    AddVoter(u64),
+    /// Make the node a learner: it receives the log but does not vote.
+    AddLearner(u64),
+    /// Remove the node from the cluster.
+    Remove(u64),
+}
+
+/// The leader's view of one peer's replication.
+#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct PeerProgress {
+    /// The highest log index known to be on the peer's disk.
+    pub matched: u64,
+    /// Whether the peer answered within the last election timeout.
+    pub recent_active: bool,
 }
 
 /// A node's Raft role.
@@ -49,6 +85,18 @@ pub struct Status {
     pub applied: u64,
     pub voters: Vec<u64>,
     pub learners: Vec<u64>,
+    /// Replication progress by node id (this node included); only on the leader, empty
+    /// elsewhere.
+    pub progress: BTreeMap<u64, PeerProgress>,
+}
+
+/// Counters of a node's storage since it started: how well writes are batched.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    /// Fsynced write transactions.
+    pub writes: u64,
+    /// Log entries written (by those transactions).
+    pub entries: u64,
 }
 
 /// A cheap, cloneable handle on a running node.
@@ -137,11 +185,48 @@ impl<S: StateMachine> Handle<S> {
         self.ask(Request::Read { f }, rx).await
     }
 
+    /// Proposes one `ConfChangeV2` with all `changes`: a simple change when raft allows it
+    /// (one voter changes), joint consensus otherwise, left automatically. Resolves once the
+    /// change (and the leave, if joint) is committed and applied on this node, with the
+    /// resulting (voters, learners), sorted.
+    ///
+    /// Only on the leader (else [`ClientError::NotLeader`]). A change while another is in
+    /// flight is refused with [`ClientError::MembershipChangeInProgress`]; a change that
+    /// cannot apply (no voter left, the leader removed or demoted — transfer leadership away
+    /// first) with [`ClientError::InvalidMembership`]. Like a proposal, an error other than
+    /// those two leaves the outcome unknown: look at [`Handle::status`].
+    pub async fn change_membership(
+        &self,
+        changes: Vec<MemberChange>,
+    ) -> Result<(Vec<u64>, Vec<u64>), ClientError> {
+        let (reply, rx) = oneshot::channel();
+        self.ask(Request::ChangeMembership { changes, reply }, rx)
+            .await
+    }
+
+    /// Transfers leadership to voter `to`; resolves once this node sees `to` as leader,
+    /// [`ClientError::Timeout`] if that does not happen within the request timeout. Only on
+    /// the leader.
+    pub async fn transfer_leader(&self, to: u64) -> Result<(), ClientError> {
+        let (reply, rx) = oneshot::channel();
+        self.ask(Request::TransferLeader { to, reply }, rx).await
+    }
+
     /// The node's status.
     pub async fn status(&self) -> Result<Status, ClientError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Request::Status { reply })
+            .await
+            .map_err(|_| ClientError::Stopped)?;
+        rx.await.map_err(|_| ClientError::Stopped)
+    }
+
+    /// The node's storage counters.
+    pub async fn stats(&self) -> Result<Stats, ClientError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Request::Stats { reply })
             .await
             .map_err(|_| ClientError::Stopped)?;
         rx.await.map_err(|_| ClientError::Stopped)

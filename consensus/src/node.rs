@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use raft::eraftpb::{Entry, EntryType};
+use raft::eraftpb::{ConfChangeV2, Entry, EntryType};
 use raft::{RawNode, ReadOnlyOption, SnapshotStatus, StateRole};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -16,9 +16,10 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::codec;
-use crate::handle::{Handle, ReadFn, Request, Role, Status};
+use crate::handle::{Handle, Membership, PeerProgress, ReadFn, Request, Role, Stats, Status};
 use crate::machine::{Replica, StateMachine};
-use crate::storage::{RedbStorage, StorageOptions};
+use crate::membership;
+use crate::storage::{RedbStorage, StorageOptions, StoreError};
 use crate::transport::{Inbound, Transport};
 use crate::{ClientError, NodeError};
 
@@ -92,12 +93,31 @@ struct ReadWait<S> {
     deadline: Instant,
 }
 
+/// A membership change proposed here, waiting for its entry (and the leave, if joint).
+struct MemberWait {
+    index: u64,
+    term: u64,
+    deadline: Instant,
+    reply: oneshot::Sender<Result<Membership, ClientError>>,
+}
+
+/// A leader transfer asked here, waiting to see `to` lead.
+struct TransferWait {
+    to: u64,
+    deadline: Instant,
+    reply: oneshot::Sender<Result<(), ClientError>>,
+}
+
 /// The owner task; it ends with the fault that stopped the node, if any.
 pub type NodeTask = JoinHandle<Result<(), NodeError>>;
 
 /// Starts a node: opens (or creates) its storage, restores its state machine from the latest
 /// snapshot, and spawns its owner task on the current tokio runtime. Messages for the node
 /// must be delivered to the sender of `inbox` (see [`crate::transport::inbox`]).
+///
+/// After the owner task of a node was aborted, its last storage commit may still be finishing
+/// on the blocking pool for a moment: starting it again at once may fail with redb's
+/// `DatabaseAlreadyOpen`; retry shortly.
 pub fn start<S: StateMachine, T: Transport>(
     cfg: NodeConfig,
     machine: S,
@@ -105,12 +125,13 @@ pub fn start<S: StateMachine, T: Transport>(
     inbox: mpsc::Receiver<Inbound>,
 ) -> Result<(Handle<S>, NodeTask), NodeError> {
     std::fs::create_dir_all(&cfg.data_dir).map_err(|e| NodeError::Raft(raft::Error::Io(e)))?;
-    let storage = RedbStorage::open(
+    let mut storage = RedbStorage::open(
         &cfg.data_dir.join("raft.redb"),
         &cfg.voters,
         cfg.storage.clone(),
     )?;
     let mut replica = Replica::new(machine);
+    storage.bootstrap(replica.snapshot()?)?;
     let snap_index = storage.snapshot_metadata().index;
     if snap_index > 0 {
         let snap = storage.load_snapshot()?;
@@ -152,6 +173,8 @@ pub fn start<S: StateMachine, T: Transport>(
         proposals: BTreeMap::new(),
         reads_inflight: BTreeMap::new(),
         reads_ready: Vec::new(),
+        member_wait: None,
+        transfer_wait: None,
         read_nonce: nonce_rng.random(),
         next_read: 0,
         cfg,
@@ -172,9 +195,28 @@ struct Runner<S: StateMachine, T> {
     reads_inflight: BTreeMap<u64, ReadWait<S>>,
     /// Reads with a read index, waiting for the machine to apply up to it.
     reads_ready: Vec<(u64, ReadWait<S>)>,
+    member_wait: Option<MemberWait>,
+    transfer_wait: Option<TransferWait>,
     /// Distinguishes this incarnation's read ids from a previous one's late answers.
     read_nonce: u64,
     next_read: u64,
+}
+
+/// Runs a blocking write (an fsync). On a multi-threaded runtime the worker hands its other
+/// tasks to another thread meanwhile, so the node's transport and the other tasks keep
+/// running while the disk works; on a current-thread runtime (the tests' paused clock) it
+/// just runs.
+fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    if multi_thread() {
+        tokio::task::block_in_place(f)
+    } else {
+        f()
+    }
+}
+
+fn multi_thread() -> bool {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread)
 }
 
 /// How many queued messages or requests one wake-up takes before handling `Ready`.
@@ -214,7 +256,8 @@ impl<S: StateMachine, T: Transport> Runner<S, T> {
                     }
                 }
             }
-            self.handle_ready()?;
+            self.handle_ready().await?;
+            self.check_transfer();
         }
         self.raw.mut_store().flush()?;
         Ok(())
@@ -291,6 +334,49 @@ impl<S: StateMachine, T: Transport> Runner<S, T> {
             Request::Status { reply } => {
                 let _ = reply.send(self.status());
             }
+            Request::Stats { reply } => {
+                let (writes, entries) = self.raw.store().write_stats();
+                let _ = reply.send(Stats { writes, entries });
+            }
+            Request::ChangeMembership { changes, reply } => {
+                let r = self.propose_membership(&changes);
+                match r {
+                    Ok((index, term)) => {
+                        self.member_wait = Some(MemberWait {
+                            index,
+                            term,
+                            deadline,
+                            reply,
+                        })
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                }
+            }
+            Request::TransferLeader { to, reply } => {
+                if self.raw.raft.state != StateRole::Leader {
+                    let _ = reply.send(Err(self.not_leader()));
+                } else if to == self.cfg.id {
+                    let _ = reply.send(Ok(()));
+                } else if !self.raw.raft.prs().conf().voters().contains(to) {
+                    let _ = reply.send(Err(ClientError::InvalidMembership(format!(
+                        "node {to} is not a voter: leadership can only go to a voter"
+                    ))));
+                } else if let Some(t) = &self.transfer_wait {
+                    let _ = reply.send(Err(ClientError::InvalidMembership(format!(
+                        "a leader transfer to {} is already in progress",
+                        t.to
+                    ))));
+                } else {
+                    self.raw.transfer_leader(to);
+                    self.transfer_wait = Some(TransferWait {
+                        to,
+                        deadline,
+                        reply,
+                    });
+                }
+            }
             Request::Shutdown { reply } => {
                 self.raw.mut_store().flush()?;
                 let _ = reply.send(());
@@ -300,13 +386,47 @@ impl<S: StateMachine, T: Transport> Runner<S, T> {
         Ok(true)
     }
 
+    /// Checks and proposes a membership change; its (index, term) in the log.
+    fn propose_membership(
+        &mut self,
+        changes: &[crate::MemberChange],
+    ) -> Result<(u64, u64), ClientError> {
+        let r = &self.raw.raft;
+        if r.state != StateRole::Leader {
+            return Err(self.not_leader());
+        }
+        if self.member_wait.is_some()
+            || r.pending_conf_index > r.raft_log.applied
+            || membership::is_joint(&r.prs().conf().to_conf_state())
+        {
+            return Err(ClientError::MembershipChangeInProgress);
+        }
+        let cc = membership::validate(r.prs(), self.cfg.id, changes)?;
+        if self.raw.propose_conf_change(vec![], cc).is_err() {
+            return Err(self.not_leader());
+        }
+        Ok((self.raw.raft.raft_log.last_index(), self.raw.raft.term))
+    }
+
     fn status(&self) -> Status {
         let r = &self.raw.raft;
-        let conf = r.prs().conf();
-        let mut voters: Vec<u64> = conf.voters().ids().iter().collect();
-        voters.sort_unstable();
-        let mut learners: Vec<u64> = conf.learners().iter().copied().collect();
-        learners.sort_unstable();
+        let (voters, learners) = membership::members(&r.prs().conf().to_conf_state());
+        let progress = if r.state == StateRole::Leader {
+            r.prs()
+                .iter()
+                .map(|(&id, pr)| {
+                    (
+                        id,
+                        PeerProgress {
+                            matched: pr.matched,
+                            recent_active: pr.recent_active,
+                        },
+                    )
+                })
+                .collect()
+        } else {
+            BTreeMap::new()
+        };
         Status {
             id: self.cfg.id,
             role: match r.state {
@@ -321,6 +441,7 @@ impl<S: StateMachine, T: Transport> Runner<S, T> {
             applied: self.replica.applied,
             voters,
             learners,
+            progress,
         }
     }
 
@@ -356,26 +477,64 @@ impl<S: StateMachine, T: Transport> Runner<S, T> {
         for (_, r) in late {
             (r.f)(Err(ClientError::Timeout));
         }
+        if self.member_wait.as_ref().is_some_and(|w| w.deadline <= now) {
+            if let Some(w) = self.member_wait.take() {
+                let _ = w.reply.send(Err(ClientError::Timeout));
+            }
+        }
+        self.check_transfer();
+    }
+
+    /// Answers a leader transfer once this node sees the new leader, or at its deadline.
+    fn check_transfer(&mut self) {
+        let Some(t) = &self.transfer_wait else { return };
+        let r = if self.raw.raft.leader_id == t.to {
+            Ok(())
+        } else if t.deadline <= Instant::now() {
+            Err(ClientError::Timeout)
+        } else {
+            return;
+        };
+        if let Some(t) = self.transfer_wait.take() {
+            let _ = t.reply.send(r);
+        }
+    }
+
+    /// Handles `Ready`s until raft-rs has nothing more (bounded: a busy node still gets back
+    /// to its tick and inbox).
+    async fn handle_ready(&mut self) -> Result<(), NodeError> {
+        self.maybe_leave_joint();
+        for _ in 0..4 {
+            if !self.raw.has_ready() {
+                break;
+            }
+            self.handle_one_ready().await?;
+        }
+        Ok(())
     }
 
     /// Handles one `Ready` in raft-rs's documented order; see the crate docs.
-    fn handle_ready(&mut self) -> Result<(), NodeError> {
-        if !self.raw.has_ready() {
-            return Ok(());
-        }
+    async fn handle_one_ready(&mut self) -> Result<(), NodeError> {
         let mut rd = self.raw.ready();
         let soft = rd.ss().map(|ss| (ss.leader_id, ss.raft_state));
 
         // 1. A leader's messages may leave before its own write (Raft thesis §10.2.1).
         self.send(rd.take_messages());
 
-        // 2. Snapshot, entries, hard state: one atomic, fsynced write.
+        // 2. Snapshot, entries, hard state: one atomic, fsynced write. A hard state whose
+        //    only change is the commit index promises nothing to anyone: it waits in memory
+        //    for the next write (see the storage docs), which saves an fsync per commit.
         let snapshot = (!rd.snapshot().is_empty()).then(|| rd.snapshot().clone());
-        if snapshot.is_some() || !rd.entries().is_empty() || rd.hs().is_some() {
-            let hs = rd.hs().cloned();
-            self.raw
-                .mut_store()
-                .persist_ready(snapshot.as_ref(), rd.entries(), hs.as_ref())?;
+        let hs = rd.hs().cloned();
+        let old = self.raw.store().hard_state();
+        let vote_or_term = hs
+            .as_ref()
+            .is_some_and(|h| h.term != old.term || h.vote != old.vote);
+        if snapshot.is_some() || !rd.entries().is_empty() || vote_or_term {
+            self.persist(snapshot.as_ref(), rd.entries(), hs.as_ref())
+                .await?;
+        } else if let Some(h) = hs {
+            self.raw.mut_store().set_commit(h.commit);
         }
 
         // 3. Apply the snapshot, then the committed entries (durable by construction).
@@ -413,6 +572,31 @@ impl<S: StateMachine, T: Transport> Runner<S, T> {
         self.maybe_compact()
     }
 
+    /// Persists a `Ready` (see [`RedbStorage::persist_ready`]). On a multi-threaded runtime the
+    /// commit's fsync runs on the blocking pool while this task waits, so the worker thread
+    /// meanwhile runs the transport's writers (the appends just handed over leave at once) and
+    /// the other nodes' tasks.
+    async fn persist(
+        &mut self,
+        snapshot: Option<&raft::eraftpb::Snapshot>,
+        entries: &[Entry],
+        hs: Option<&raft::eraftpb::HardState>,
+    ) -> Result<(), NodeError> {
+        let store = self.raw.mut_store();
+        if !multi_thread() || self.cfg.storage.unsafe_hard_state_first {
+            return Ok(store.persist_ready(snapshot, entries, hs)?);
+        }
+        let w = store.begin_ready(snapshot, entries, hs)?;
+        let w = tokio::task::spawn_blocking(move || w.commit())
+            .await
+            .map_err(|e| {
+                StoreError::Engine(redb::Error::Io(std::io::Error::other(format!(
+                    "the storage commit did not finish: {e}"
+                ))))
+            })?;
+        Ok(self.raw.mut_store().end_ready(w)?)
+    }
+
     fn send(&self, msgs: Vec<raft::eraftpb::Message>) {
         for m in msgs {
             self.transport.send(m);
@@ -429,16 +613,22 @@ impl<S: StateMachine, T: Transport> Runner<S, T> {
                 EntryType::EntryNormal => Some(self.replica.apply(e.index, &e.data)?),
                 EntryType::EntryConfChange => {
                     let cc = codec::decode_conf_change(&e.data)?;
-                    self.raw.apply_conf_change(&cc)?;
+                    let mut single = raft::eraftpb::ConfChangeSingle::default();
+                    single.set_change_type(cc.get_change_type());
+                    single.node_id = cc.node_id;
+                    let mut v2 = ConfChangeV2::default();
+                    v2.mut_changes().push(single);
+                    self.apply_conf_change(e.index, v2)?;
                     None
                 }
                 EntryType::EntryConfChangeV2 => {
                     let cc = codec::decode_conf_change_v2(&e.data)?;
-                    self.raw.apply_conf_change(&cc)?;
+                    self.apply_conf_change(e.index, cc)?;
                     None
                 }
             };
             self.replica.applied = e.index;
+            self.on_applied_for_membership(&e);
             // Anything pending below this index can no longer be ours.
             while let Some(entry) = self.proposals.first_entry() {
                 if *entry.key() > e.index {
@@ -453,6 +643,63 @@ impl<S: StateMachine, T: Transport> Runner<S, T> {
             }
         }
         Ok(())
+    }
+
+    /// Applies a committed conf change and makes the new configuration durable. One already
+    /// in the configuration the storage restored (at or below its index) is skipped. A change
+    /// raft refuses is ignored, the same way on every node (the configuration is the same).
+    fn apply_conf_change(&mut self, index: u64, cc: ConfChangeV2) -> Result<(), NodeError> {
+        if index <= self.raw.store().conf_state().0 {
+            return Ok(());
+        }
+        match self.raw.apply_conf_change(&cc) {
+            Ok(cs) => self.raw.mut_store().set_conf_state(index, cs)?,
+            Err(e) => tracing::warn!(node = self.cfg.id, index, "conf change ignored: {e}"),
+        }
+        Ok(())
+    }
+
+    /// Answers the membership change waiting here once `e` settles it.
+    fn on_applied_for_membership(&mut self, e: &Entry) {
+        let Some(w) = &self.member_wait else { return };
+        if e.index < w.index {
+            return;
+        }
+        let conf_entry = e.get_entry_type() != EntryType::EntryNormal;
+        let r = if e.index == w.index && e.term != w.term {
+            Err(self.not_leader())
+        } else if e.index == w.index && !conf_entry {
+            // raft-rs replaced the change with an empty entry: it refused it.
+            Err(ClientError::MembershipChangeInProgress)
+        } else if conf_entry {
+            let cs = self.raw.raft.prs().conf().to_conf_state();
+            if membership::is_joint(&cs) {
+                return;
+            }
+            Ok(membership::members(&cs))
+        } else {
+            return;
+        };
+        if let Some(w) = self.member_wait.take() {
+            let _ = w.reply.send(r);
+        }
+    }
+
+    /// A leader in a joint configuration with no leave pending proposes the leave (raft-rs
+    /// does it on applying the joint entry, but not if leadership changed in between).
+    fn maybe_leave_joint(&mut self) {
+        let r = &self.raw.raft;
+        let conf = r.prs().conf();
+        if r.state == StateRole::Leader
+            && *conf.auto_leave()
+            && membership::is_joint(&conf.to_conf_state())
+            && r.pending_conf_index <= r.raft_log.applied
+            && r.lead_transferee.is_none()
+        {
+            let _ = self
+                .raw
+                .propose_conf_change(vec![], ConfChangeV2::default());
+        }
     }
 
     fn on_read_state(&mut self, index: u64, ctx: &[u8]) {
@@ -487,6 +734,9 @@ impl<S: StateMachine, T: Transport> Runner<S, T> {
             for (_, p) in std::mem::take(&mut self.proposals) {
                 let _ = p.reply.send(Err(err.clone()));
             }
+            if let Some(w) = self.member_wait.take() {
+                let _ = w.reply.send(Err(err.clone()));
+            }
         }
         // A read index asked of a former leader may never be answered.
         let err = self.not_leader();
@@ -495,15 +745,20 @@ impl<S: StateMachine, T: Transport> Runner<S, T> {
         }
     }
 
+    /// Takes a snapshot and compacts the log every `snapshot_every` entries, or as soon as
+    /// raft-rs wanted to send a snapshot the storage could not serve (one from before a
+    /// new member joined does not name it, and the member would refuse it).
     fn maybe_compact(&mut self) -> Result<(), NodeError> {
         let snap = self.raw.store().snapshot_metadata().index;
         let applied = self.replica.applied;
-        if applied < snap + self.cfg.snapshot_every {
+        let wanted = self.raw.store().take_snapshot_wanted();
+        if applied <= snap || (applied < snap + self.cfg.snapshot_every && !wanted) {
             return Ok(());
         }
         let data = self.replica.snapshot()?;
         let cs = self.raw.raft.prs().conf().to_conf_state();
-        self.raw.mut_store().compact(applied, cs, data)?;
+        let store = self.raw.mut_store();
+        blocking(|| store.compact(applied, cs, data))?;
         Ok(())
     }
 }

@@ -1,7 +1,7 @@
 //! Test support: a KV state machine and an in-process cluster over the in-memory network.
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +18,13 @@ use tokio::time::Instant;
 #[derive(Debug, Default, Clone)]
 pub struct Kv {
     pub map: BTreeMap<u64, u64>,
+    /// Bulk bytes that only make the snapshot big.
+    pub pad: Vec<u8>,
+}
+
+/// The deterministic bytes of a `Pad` of `len`.
+pub fn pad_bytes(len: u64) -> Vec<u8> {
+    (0..len).map(|i| (i * 31 % 251) as u8).collect()
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -26,6 +33,8 @@ pub enum KvCommand {
     Put { key: u64, value: u64 },
     /// Adds one to `key`; returns the new value.
     Incr { key: u64 },
+    /// Sets the pad to `pad_bytes(len)`; returns `len`.
+    Pad { len: u64 },
 }
 
 impl StateMachine for Kv {
@@ -40,15 +49,19 @@ impl StateMachine for Kv {
                 *v += 1;
                 Some(*v)
             }
+            KvCommand::Pad { len } => {
+                self.pad = pad_bytes(len);
+                Some(len)
+            }
         }
     }
 
     fn snapshot(&self) -> Result<Vec<u8>, MachineError> {
-        Ok(quarry_consensus::codec::encode(&self.map)?)
+        Ok(quarry_consensus::codec::encode(&(&self.map, &self.pad))?)
     }
 
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), MachineError> {
-        self.map = quarry_consensus::codec::decode(snapshot)?;
+        (self.map, self.pad) = quarry_consensus::codec::decode(snapshot)?;
         Ok(())
     }
 }
@@ -69,6 +82,8 @@ pub struct Cluster {
     nodes: BTreeMap<u64, Running>,
     tweak: Tweak,
     incarnations: u64,
+    /// Nodes started with no voters: they join an existing cluster.
+    joiners: BTreeSet<u64>,
 }
 
 impl Cluster {
@@ -86,6 +101,7 @@ impl Cluster {
             nodes: BTreeMap::new(),
             tweak,
             incarnations: 0,
+            joiners: BTreeSet::new(),
         };
         for id in 1..=n {
             c.start_node(id);
@@ -94,7 +110,12 @@ impl Cluster {
     }
 
     pub fn config(&self, id: u64) -> NodeConfig {
-        let mut cfg = NodeConfig::new(id, self.ids.clone(), self.dir.path().join(format!("n{id}")));
+        let voters = if self.joiners.contains(&id) {
+            Vec::new()
+        } else {
+            self.ids.clone()
+        };
+        let mut cfg = NodeConfig::new(id, voters, self.dir.path().join(format!("n{id}")));
         cfg.election_seed = Some(self.seed.wrapping_mul(1_000_003) + self.incarnations);
         (self.tweak)(&mut cfg);
         cfg
@@ -117,6 +138,12 @@ impl Cluster {
         self.net.register(id, tx);
         self.nodes.insert(id, Running { handle, task });
         Ok(())
+    }
+
+    /// Starts node `id` on a brand-new storage with no voters: it waits to be added.
+    pub fn start_joiner(&mut self, id: u64) {
+        self.joiners.insert(id);
+        self.start_node(id);
     }
 
     /// Kills node `id` like a crashed process: nothing more is written.
@@ -266,6 +293,25 @@ impl Cluster {
                 Err(e) => assert!(Instant::now() < deadline, "node {id} could not read: {e}"),
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until each node of `ids` has applied at least `index`.
+    pub async fn wait_applied_among(&self, ids: &[u64], index: u64, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let st = self.statuses().await;
+            if ids
+                .iter()
+                .all(|id| st.get(id).is_some_and(|s| s.applied >= index))
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not every node of {ids:?} applied {index} within {within:?}: {st:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
