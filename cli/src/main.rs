@@ -22,8 +22,8 @@ struct Cli {
 enum Command {
     /// Show what applying a stack's quarry.yml would do (ENSURE, DEPLOY, SCALE, ROUTE, KILL).
     Plan(cmd::plan::Args),
-    /// Show the grid (servers as columns, used memory as ###) and where the plan would place
-    /// new replicas (a dry run on a copy of the grid).
+    /// Show the grid (servers as columns, used memory as ###): the cluster's when a server is
+    /// configured, else this machine's with a dry run of the stack's plan (`--local` forces it).
     Grid(cmd::grid::Args),
     /// Run a stack on the local Docker behind a local nginx, and print its URLs.
     Start(cmd::start::StartArgs),
@@ -31,10 +31,12 @@ enum Command {
     Stop(local::StackArgs),
     /// List a local stack's containers: node, replica, revision, state, health, address, uptime.
     Ps(local::StackArgs),
-    /// A server's view of the cluster: name, address, Raft leader, term, commit, voters.
+    /// A server's view of the cluster: role, leader, term, commit, voters, learners, health.
     Status(cmd::status::StatusArgs),
-    /// The servers of the cluster.
+    /// The servers of the cluster (role, health); `quarry servers remove NAME`.
     Servers(cmd::servers::ServersArgs),
+    /// The cluster's env, global or a stack's (-s); `quarry env set K=V`, `unset K`.
+    Env(cmd::env::EnvArgs),
 }
 
 /// Runs an async command on a small runtime.
@@ -68,6 +70,7 @@ fn main() -> ExitCode {
         Command::Ps(args) => block_on(cmd::ps::run(args)),
         Command::Status(args) => block_on(cmd::status::run(args)),
         Command::Servers(args) => block_on(cmd::servers::run(args)),
+        Command::Env(args) => block_on(cmd::env::run(args)),
     };
     match result {
         Ok(code) => code,

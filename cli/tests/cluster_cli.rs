@@ -1,5 +1,5 @@
-//! `quarry status` and `quarry servers` against a running quarryd server on loopback (started
-//! in-process through the same `daemon::run` the `quarryd run` command calls).
+//! `quarry status`, `servers`, `grid` and `env` against a running quarryd server on loopback
+//! (started in-process through the same `daemon::run` the `quarryd run` command calls).
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -56,6 +56,27 @@ async fn status_and_servers_talk_to_a_running_server_with_the_token() {
         .expect("join");
     let token = Secrets::of(&c1).admin_token().expect("token");
     let node = format!("http://{}", r1.api.tcp_addr());
+    // Wait until h1 leads and both records are in (h2 joined but does not run: a learner).
+    let api = quarry_node::api::client::Endpoint::Tcp(r1.api.tcp_addr().to_string());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let r = quarry_node::api::client::get(&api, "/v1/servers", Some(&token))
+            .await
+            .expect("servers");
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
+        let roles: Vec<_> = v["servers"]
+            .as_array()
+            .map(|a| a.iter().map(|s| s["role"].clone()).collect())
+            .unwrap_or_default();
+        if roles == ["voter", "learner"] {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "h1 voter and h2 learner not within 20 s: {v}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 
     let out = tokio::task::spawn_blocking({
         let (node, token) = (node.clone(), token.clone());
@@ -72,12 +93,26 @@ async fn status_and_servers_talk_to_a_running_server_with_the_token() {
                 quarry(&["status", "--node", &node, "--token", "qra_wrong"], &[]),
                 quarry(&["status", "--node", "http://127.0.0.1:1"], &[]),
                 quarry(&["servers"], &[]),
+                quarry(&["grid"], &env),
+                quarry(&["env", "set", "A=1", "B=two"], &env),
+                quarry(&["env", "-s", "shop", "set", "A=stack"], &env),
+                quarry(&["env", "unset", "B"], &env),
+                quarry(&["env"], &env),
+                quarry(&["env", "-s", "shop", "--json"], &env),
+                quarry(&["env", "set", "1BAD=x"], &env),
+                quarry(&["servers", "remove", "h9"], &env),
+                quarry(&["servers", "remove", "h2"], &env),
+                quarry(&["servers"], &env),
             )
         }
     })
     .await
     .expect("cli");
-    let (servers, json, status, no_token, wrong, unreachable, unconfigured) = out;
+    let (servers, json, status, no_token, wrong, unreachable, unconfigured, grid) =
+        (out.0, out.1, out.2, out.3, out.4, out.5, out.6, out.7);
+    let (set, set_stack, unset, env, env_stack, bad, remove_unknown, remove, after) = (
+        out.8, out.9, out.10, out.11, out.12, out.13, out.14, out.15, out.16,
+    );
 
     assert!(servers.status.success(), "{}", text(&servers));
     let table = String::from_utf8_lossy(&servers.stdout);
@@ -88,12 +123,17 @@ async fn status_and_servers_talk_to_a_running_server_with_the_token() {
     );
     assert!(
         lines[1].starts_with("h1 ")
+            && lines[1].contains("voter*")
             && lines[1].contains("127.0.0.1")
             && lines[1].contains("3G")
             && lines[1].contains("router"),
         "{table}"
     );
-    assert!(lines[2].starts_with("h2 "), "{table}");
+    assert!(
+        lines[2].starts_with("h2 ") && lines[2].contains("learner"),
+        "{table}"
+    );
+    assert!(table.contains("2 servers: 1 voters, 1 learners"), "{table}");
 
     assert!(json.status.success(), "{}", text(&json));
     let v: serde_json::Value = serde_json::from_slice(&json.stdout).expect("json");
@@ -102,9 +142,48 @@ async fn status_and_servers_talk_to_a_running_server_with_the_token() {
     assert!(status.status.success(), "{}", text(&status));
     let s = String::from_utf8_lossy(&status.stdout);
     assert!(
-        s.contains("server   h1") && s.contains("raft     not running"),
+        s.contains("server   h1")
+            && s.contains("role     leader")
+            && s.contains("leader   h1")
+            && s.contains("voters   h1")
+            && s.contains("learners h2")
+            && s.contains("health   ok"),
         "{s}"
     );
+
+    assert!(grid.status.success(), "{}", text(&grid));
+    let g = String::from_utf8_lossy(&grid.stdout);
+    assert!(
+        g.contains("Grid of the cluster") && g.contains("h1") && g.contains("h2"),
+        "{g}"
+    );
+
+    for o in [&set, &set_stack, &unset] {
+        assert!(o.status.success(), "{}", text(o));
+    }
+    assert_eq!(
+        String::from_utf8_lossy(&env.stdout),
+        "A=1\n",
+        "{}",
+        text(&env)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&env_stack.stdout).expect("json");
+    assert_eq!(v["env"]["A"], "stack", "{v}");
+    assert_eq!(bad.status.code(), Some(1), "{}", text(&bad));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("env name \"1BAD\""),
+        "{}",
+        text(&bad)
+    );
+    assert_eq!(remove_unknown.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&remove_unknown.stderr).contains("no server h9"),
+        "{}",
+        text(&remove_unknown)
+    );
+    assert!(remove.status.success(), "{}", text(&remove));
+    let left = String::from_utf8_lossy(&after.stdout);
+    assert!(!left.contains("h2 "), "{left}");
 
     assert_eq!(no_token.status.code(), Some(1), "{}", text(&no_token));
     assert!(
@@ -139,6 +218,5 @@ async fn status_and_servers_talk_to_a_running_server_with_the_token() {
         .await
         .expect("cli");
     assert!(local.status.success(), "{}", text(&local));
-    r1.api.stop();
-    r1.rpc.stop();
+    r1.stop().await;
 }

@@ -13,13 +13,15 @@
 //! the host), [`rpc`] (node-to-node RPC over mutual TLS: Raft, Control, Bulk and Join lanes),
 //! [`bulk`] (what the Bulk lane carries and the handler that answers it), [`images`] (docker
 //! save -> Bulk lane -> docker load), [`source`] (stack trees stored by content hash), [`api`]
-//! (the HTTP API on the local socket and TCP), [`daemon`] (what `quarryd init`, `join` and
-//! `run` do), [`gossip`] (chitchat over a sealed UDP transport: liveness), [`hosts`] (the
+//! (the HTTP API on the local socket and TCP), [`cluster`] (the Raft-replicated cluster state,
+//! membership, forwarding and reads), [`daemon`] (what `quarryd init`, `join` and `run` do),
+//! [`gossip`] (chitchat over a sealed UDP transport: liveness), [`hosts`] (the
 //! managed /etc/hosts block: a pure renderer and its writer).
 
 pub mod api;
 pub mod build;
 pub mod bulk;
+pub mod cluster;
 pub mod config;
 pub mod daemon;
 pub mod deploy;

@@ -4,7 +4,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use quarry_node::pki::{self, ClusterCa, JoinToken, NodeIdentity};
-use quarry_node::rpc::join::{self, FileAuthority, JoinAuthority, JoinError, JoinService, Member};
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use quarry_node::cluster::{ClusterState, Command, Outcome};
+use quarry_node::rpc::join::{
+    self, Admission, JoinAuthority, JoinError, JoinService, Member, ServerSettings,
+};
 use quarry_node::rpc::server::{BoxFuture, RaftInbound, RequestHandler};
 use quarry_node::rpc::{client, codec, Dialer, Handlers, Lane, RpcError, RpcServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -17,8 +23,49 @@ fn member(name: &str) -> Member {
         rpc_port: 7701,
         gossip_port: 7702,
         api_port: 7700,
+        hostname: name.to_owned(),
         memory: 1 << 30,
         tags: vec!["ssd".to_owned()],
+        settings: ServerSettings::default(),
+    }
+}
+
+/// Admits into a cluster state held here (the state's rules, without Raft).
+struct StateAuthority(Mutex<ClusterState>);
+
+impl StateAuthority {
+    fn new(founder: Member) -> StateAuthority {
+        let mut s = ClusterState::default();
+        s.apply(
+            1,
+            Command::Found {
+                member: founder,
+                env: BTreeMap::new(),
+            },
+        )
+        .expect("found");
+        StateAuthority(Mutex::new(s))
+    }
+
+    fn members(&self) -> Vec<Member> {
+        let s = self.0.lock().expect("state");
+        s.servers.values().map(|r| r.member.clone()).collect()
+    }
+}
+
+impl JoinAuthority for StateAuthority {
+    fn admit(&self, member: Member) -> BoxFuture<'_, Result<Admission, String>> {
+        Box::pin(async move {
+            let mut s = self.0.lock().expect("state");
+            match s.apply(2, Command::AddServer { member }) {
+                Ok(Outcome::ServerAdded { raft_id, .. }) => Ok(Admission {
+                    raft_id,
+                    servers: s.servers.values().cloned().collect(),
+                }),
+                Ok(other) => Err(format!("{other:?}")),
+                Err(e) => Err(e.to_string()),
+            }
+        })
     }
 }
 
@@ -43,7 +90,7 @@ struct Cluster {
     ca: ClusterCa,
     a: NodeIdentity,
     secret: [u8; 32],
-    authority: Arc<FileAuthority>,
+    authority: Arc<StateAuthority>,
     server: RpcServer,
     raft_rx: mpsc::Receiver<RaftInbound>,
     _dir: tempfile::TempDir,
@@ -54,9 +101,7 @@ async fn cluster() -> Cluster {
     let a = ca.issue("server-a").expect("a");
     let secret = pki::random_bytes();
     let dir = tempfile::tempdir().expect("tmp");
-    let authority = Arc::new(
-        FileAuthority::open(&dir.path().join("members.json"), member("server-a")).expect("members"),
-    );
+    let authority = Arc::new(StateAuthority::new(member("server-a")));
     let (raft_tx, raft_rx) = mpsc::channel(64);
     let dyn_auth: Arc<dyn JoinAuthority> = authority.clone();
     let handlers = Handlers {
@@ -224,7 +269,18 @@ async fn join_with_the_right_token_returns_a_working_certificate_and_the_members
     assert_eq!(admitted.gossip_key, [9; 32]);
     assert_eq!(admitted.admin_token, "qra_test");
     assert_eq!(admitted.ca_pem, c.ca.cert_pem());
-    let names: Vec<_> = admitted.members.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(
+        admitted.ca_key_pem,
+        c.ca.key_pem(),
+        "every member can admit"
+    );
+    assert_eq!(admitted.join_secret, c.secret);
+    assert_eq!(admitted.raft_id, 2);
+    let names: Vec<_> = admitted
+        .servers
+        .iter()
+        .map(|r| r.member.name.as_str())
+        .collect();
     assert_eq!(names, ["server-a", "server-b"]);
     assert_eq!(
         c.authority.members()[1],

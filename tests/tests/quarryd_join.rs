@@ -1,128 +1,101 @@
-//! `quarryd init` on h1 and `quarryd join` from h2, over the lab bridge: each host its own
-//! network namespace, address and files. (Raft membership comes later: this checks the join
-//! exchange, the files it leaves and the refusals.)
+//! Joining over the lab bridge, and every refusal with its message: `quarryd join` with no
+//! token, a wrong secret, or a token naming another CA; the API on TCP without the admin token
+//! or with a wrong one. (An RPC connection without a cluster certificate is refused on every
+//! lane but Join: `node/tests/rpc_lanes.rs` and `node/tests/quarryd_daemon.rs`, over real TLS.)
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::Duration;
+mod support;
 
-use quarry_tests::{Host, Lab, ProcessSpec};
+use std::time::{Duration, Instant};
 
-/// The quarryd binary, built into this workspace's target directory (this test crate cannot
-/// name another package's binary, so it asks cargo, which is quick when it is up to date).
-fn quarryd() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let profile_dir = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target/<profile>");
-    let target = profile_dir.parent().expect("target dir");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.toml");
-    let mut cmd = Command::new(cargo);
-    cmd.args([
-        "build",
-        "-q",
-        "-p",
-        "quarry-node",
-        "--bin",
-        "quarryd",
-        "--manifest-path",
-        manifest,
-    ])
-    .arg("--target-dir")
-    .arg(target);
-    if profile_dir.file_name().is_some_and(|n| n == "release") {
-        cmd.arg("--release");
-    }
-    let out = cmd.output().expect("run cargo");
-    assert!(
-        out.status.success(),
-        "building quarryd failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    profile_dir.join("quarryd")
-}
-
-/// quarryd's flags for host `h`: its address, its own directories, no config file.
-fn flags(h: &Host) -> Vec<String> {
-    let d = h.dir();
-    vec![
-        "--config".into(),
-        h.config_dir().join("quarryd.toml").display().to_string(),
-        "--data".into(),
-        h.data_dir().display().to_string(),
-        "--secrets".into(),
-        d.join("secrets").display().to_string(),
-        "--socket".into(),
-        d.join("api.sock").display().to_string(),
-        "--address".into(),
-        h.addr().to_string(),
-        "--name".into(),
-        h.name(),
-    ]
-}
-
-fn run(h: &Host, bin: &Path, args: &[&str]) -> (bool, String, String) {
-    let mut all: Vec<String> = vec![bin.display().to_string()];
-    all.extend(flags(h));
-    all.extend(args.iter().map(|s| s.to_string()));
-    let out = h.exec(&all).expect("exec quarryd");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use quarry_tests::Lab;
+use support::{admin_token, quarryd_in, secs, start, token_of, with_role, Cli};
 
 #[test]
-fn a_server_joins_through_a_member_over_the_lab_bridge() {
-    let bin = quarryd();
+fn joins_are_refused_with_clear_messages_and_the_api_needs_the_token() {
+    let t0 = Instant::now();
+    let bin = support::quarryd();
+    let cli_bin = support::quarry_bin();
     let lab = Lab::new(2).expect("lab");
     let (h1, h2) = (lab.host(1), lab.host(2));
 
-    let (ok, out, err) = run(h1, &bin, &["init"]);
+    let (ok, out, err) = quarryd_in(h1, &bin, &["init"]);
     assert!(ok, "init on h1: {out}{err}");
-    let token = out
-        .lines()
-        .map(str::trim)
-        .find(|l| l.starts_with("QRY1-"))
-        .unwrap_or_else(|| panic!("init printed no token: {out}"))
-        .to_owned();
-
-    let mut spec = ProcessSpec::new("quarryd", &bin);
-    spec = spec.args(flags(h1)).arg("run");
-    h1.spawn(spec).expect("spawn quarryd run on h1");
-    h1.wait_for_log("quarryd", "quarryd running", Duration::from_secs(20))
-        .unwrap_or_else(|e| panic!("{e}\n{}", lab.logs_tail(30)));
-
+    let token = token_of(&out);
+    start(&lab, h1, &bin);
+    let cli = Cli::new(cli_bin, admin_token(h1));
+    quarry_tests::poll("h1 lists itself", Duration::from_secs(20), || {
+        let v = cli.json(h1, &["servers"])?;
+        (with_role(&v, "voter") == ["h1"])
+            .then_some(())
+            .ok_or_else(|| v.to_string())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", lab.logs_tail(30)));
     let member = h1.addr().to_string(); // the default RPC port
-    let mut wrong = token.clone();
-    let last = if wrong.ends_with('0') { "1" } else { "0" };
-    wrong.replace_range(wrong.len() - 1.., last);
-    let (ok, out, err) = run(h2, &bin, &["join", &member, "--token", &wrong]);
-    assert!(
-        !ok && err.contains("wrong join secret"),
-        "a wrong secret: {out}{err}"
+
+    let refused = |args: &[&str], says: &[&str]| {
+        let (ok, out, err) = quarryd_in(h2, &bin, args);
+        assert!(!ok, "quarryd {args:?} was accepted: {out}{err}");
+        for s in says {
+            assert!(err.contains(s), "quarryd {args:?} should say {s:?}: {err}");
+        }
+        assert!(
+            !h2.dir().join("secrets/node.pem").exists(),
+            "nothing stored after a refusal"
+        );
+    };
+    refused(
+        &["join", &member],
+        &["needs the cluster's join token", "quarryd token"],
+    );
+    let mut wrong_secret = token.clone();
+    let last = if wrong_secret.ends_with('0') {
+        "1"
+    } else {
+        "0"
+    };
+    wrong_secret.replace_range(wrong_secret.len() - 1.., last);
+    refused(
+        &["join", &member, "--token", &wrong_secret],
+        &["wrong join secret", "quarryd token"],
+    );
+    let other_ca = format!("QRY1-{}-{}", "ab".repeat(32), &token[70..]);
+    refused(
+        &["join", &member, "--token", &other_ca],
+        &["does not match the join token"],
     );
 
-    let (ok, out, err) = run(h2, &bin, &["join", &member, "--token", &token]);
+    let (ok, out, err) = quarryd_in(h2, &bin, &["join", &member, "--token", &token]);
     assert!(ok, "join from h2: {out}{err}\n{}", lab.logs_tail(30));
-    assert!(out.contains("members known: h1, h2"), "{out}");
+    assert!(out.contains("servers: h1, h2"), "{out}");
+    start(&lab, h2, &bin);
 
-    // h1 recorded h2, with its lab address.
-    let members = std::fs::read_to_string(h1.data_dir().join("members.json")).expect("members");
-    // (Read as text: this crate has no JSON parser, and the file is pretty-printed.)
-    assert_eq!(members.matches("\"name\":").count(), 2, "{members}");
-    let h2_part = members
-        .split("\"name\": \"h2\"")
-        .nth(1)
-        .unwrap_or_else(|| panic!("{members}"));
-    assert!(
-        h2_part.contains(&format!("\"address\": \"{}\"", h2.addr())),
-        "{members}"
-    );
-    let ca = |h: &Host| std::fs::read_to_string(h.dir().join("secrets/ca.pem")).expect("ca.pem");
-    assert_eq!(ca(h1), ca(h2), "h2 holds the cluster CA certificate");
+    let servers = quarry_tests::poll("h1 voter, h2 learner", Duration::from_secs(20), || {
+        let v = cli.json(h2, &["servers"])?;
+        (with_role(&v, "voter") == ["h1"] && with_role(&v, "learner") == ["h2"])
+            .then_some(v.clone())
+            .ok_or_else(|| v.to_string())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", lab.logs_tail(30)));
+    assert_eq!(servers["servers"][1]["address"], h2.addr().to_string());
+
+    for h in [h1, h2] {
+        let out = cli.run_with(h, &["servers"], None);
+        let e = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success()
+                && e.contains("needs the admin token")
+                && e.contains("QUARRY_TOKEN"),
+            "no token on {}: {e}",
+            h.name()
+        );
+        let out = cli.run_with(h, &["status"], Some("qra_wrong"));
+        let e = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && e.contains("wrong admin token"),
+            "wrong token on {}: {e}",
+            h.name()
+        );
+    }
     lab.close().expect("lab cleaned up");
+    eprintln!("quarryd_join: {:.1} s", secs(t0));
 }

@@ -19,13 +19,13 @@ pub const LOCAL_SOCKET: &str = "/run/quarry/api.sock";
 #[derive(Debug, Clone, clap::Args)]
 pub struct NodeArgs {
     /// The server to talk to: http://HOST:PORT or unix:/path/to/api.sock.
-    #[arg(long, env = "QUARRY_ADDR")]
+    #[arg(long, env = "QUARRY_ADDR", global = true)]
     pub node: Option<String>,
     /// The admin token (in the server's secrets directory, admin.token).
-    #[arg(long, env = "QUARRY_TOKEN", hide_env_values = true)]
+    #[arg(long, env = "QUARRY_TOKEN", hide_env_values = true, global = true)]
     pub token: Option<String>,
     /// The CLI config file.
-    #[arg(long, env = "QUARRY_CONFIG")]
+    #[arg(long, env = "QUARRY_CONFIG", global = true)]
     pub config: Option<PathBuf>,
 }
 
@@ -68,6 +68,18 @@ pub struct Target {
 impl Target {
     /// Resolve the flags, the environment and the config file.
     pub fn resolve(args: &NodeArgs) -> anyhow::Result<Target> {
+        Target::configured(args)?.ok_or_else(|| {
+            anyhow!(
+                "no quarry server configured: pass --node http://ADDR:7700, set QUARRY_ADDR, or \
+                 put `node = \"http://ADDR:7700\"` in ~/.config/quarry/config.toml"
+            )
+        })
+    }
+
+    /// The server configured by the flags, the environment or the config file, else the local
+    /// socket when it exists; `None` when there is none (commands that also work locally
+    /// then act locally).
+    pub fn configured(args: &NodeArgs) -> anyhow::Result<Option<Target>> {
         let file = match &args.config {
             Some(p) => read_config(p, true)?,
             None => match default_config_path() {
@@ -79,27 +91,42 @@ impl Target {
         let endpoint = match node {
             Some(n) => n.parse::<Endpoint>().map_err(|e| anyhow!(e))?,
             None if Path::new(LOCAL_SOCKET).exists() => Endpoint::Unix(LOCAL_SOCKET.into()),
-            None => bail!(
-                "no quarry server configured: pass --node http://ADDR:7700, set QUARRY_ADDR, or \
-                 put `node = \"http://ADDR:7700\"` in ~/.config/quarry/config.toml"
-            ),
+            None => return Ok(None),
         };
-        Ok(Target {
+        Ok(Some(Target {
             endpoint,
             token: args.token.clone().or(file.token),
-        })
+        }))
     }
 
     /// `GET path`, decoded; an HTTP error becomes a message saying what to do.
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
-        let reply = client::get(&self.endpoint, path, self.token.as_deref())
-            .await
-            .map_err(|e| match e {
-                ClientError::Unreachable { .. } => anyhow!(
-                    "{e}\nis quarryd running there (`quarryd run`)? check --node / QUARRY_ADDR"
-                ),
-                other => anyhow!(other),
-            })?;
+        self.send("GET", path, None).await
+    }
+
+    /// `METHOD path` with an optional JSON body, the answer decoded; an HTTP error becomes a
+    /// message saying what to do.
+    pub async fn send<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> anyhow::Result<T> {
+        let body = body.map(serde_json::to_vec).transpose()?;
+        let reply = client::request(
+            &self.endpoint,
+            method,
+            path,
+            body.as_deref(),
+            self.token.as_deref(),
+        )
+        .await
+        .map_err(|e| match e {
+            ClientError::Unreachable { .. } => {
+                anyhow!("{e}\nis quarryd running there (`quarryd run`)? check --node / QUARRY_ADDR")
+            }
+            other => anyhow!(other),
+        })?;
         let server_says = || {
             serde_json::from_slice::<serde_json::Value>(&reply.body)
                 .ok()
@@ -116,6 +143,8 @@ impl Target {
                 self.endpoint
             ),
             401 => bail!("{} refused the token: {}", self.endpoint, server_says()),
+            503 => bail!("{}: {}", self.endpoint, server_says()),
+            400 | 404 | 409 => bail!("{}", server_says()),
             code => bail!(
                 "{} answered {path} with HTTP {code}: {}",
                 self.endpoint,

@@ -1,6 +1,11 @@
-//! `quarry grid [DIR]`: the grid as the notes draw it — here, locally, one block (this machine)
-//! holding the stack's running replicas — and a dry run of the stack's plan on a copy of it:
-//! where each new replica would go (the notes' "virtual grid").
+//! `quarry grid [DIR]`: the grid as the notes draw it.
+//!
+//! With a server configured (`--node`, `QUARRY_ADDR`, the config file, or this server's local
+//! socket) it is the cluster's grid: one block per server, read linearizably, with its
+//! version. Otherwise (or with `--local`) it is this machine as one block holding the stack's
+//! running replicas, and a dry run of the stack's plan on a copy of it: where each new replica
+//! would go (the notes' "virtual grid"). Left out until cluster deploys: a dry run of a stack's
+//! plan against the cluster's grid.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -11,6 +16,7 @@ use quarry_node::grid::{Grid, GridOptions};
 use quarry_node::spec::LoadError;
 use quarry_node::types::ServerId;
 
+use super::client::{NodeArgs, Target};
 use crate::local;
 
 /// Arguments of `quarry grid`.
@@ -21,10 +27,46 @@ pub struct Args {
     /// Print the grid and the dry run as JSON.
     #[arg(long)]
     pub json: bool,
+    /// This machine's grid and the stack's dry run, even when a server is configured.
+    #[arg(long)]
+    pub local: bool,
+    #[command(flatten)]
+    pub node: NodeArgs,
 }
 
 /// Run `quarry grid`.
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if !args.local {
+        if let Some(target) = Target::configured(&args.node)? {
+            return cluster(&target, &args).await;
+        }
+    }
+    local_grid(args).await
+}
+
+async fn cluster(target: &Target, args: &Args) -> anyhow::Result<ExitCode> {
+    let view: quarry_node::api::GridView = target.get("/v1/grid").await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&view)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let version = view.grid.version;
+    let grid = Grid::from_state(view.grid)?;
+    println!(
+        "Grid of the cluster at {} (version {version}):\n",
+        target.endpoint
+    );
+    println!("{}", grid.picture());
+    if args.dir.is_some() {
+        println!(
+            "(a stack's dry run against the cluster comes with cluster deploys; `quarry grid \
+             --local DIR` shows it on this machine)"
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn local_grid(args: Args) -> anyhow::Result<ExitCode> {
     let dir = super::stack_dir(args.dir.as_deref());
     let (stack, _) = match local::load(&dir) {
         Ok(ok) => ok,

@@ -1,6 +1,7 @@
 //! One module per command.
 
 pub mod client;
+pub mod env;
 pub mod grid;
 pub mod plan;
 pub mod ps;

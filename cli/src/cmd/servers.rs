@@ -1,4 +1,5 @@
-//! `quarry servers`: the members a server knows, as a table or JSON.
+//! `quarry servers`: the servers of the cluster (role, replication health), as a table or
+//! JSON; `quarry servers remove NAME` takes one out of the cluster.
 
 use quarry_node::api::Servers;
 use quarry_node::spec::units::human_size;
@@ -8,32 +9,31 @@ use super::client::{NodeArgs, Target};
 /// `quarry servers` arguments.
 #[derive(Debug, clap::Args)]
 pub struct ServersArgs {
+    #[command(subcommand)]
+    pub action: Option<Action>,
     #[command(flatten)]
     pub node: NodeArgs,
     /// Print the result as JSON.
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub json: bool,
 }
 
-/// The table, one line per server.
-pub fn table(s: &Servers) -> String {
-    let mut rows = vec![["NAME", "ADDRESS", "RPC", "MEMORY", "TAGS", "ROLE"].map(str::to_owned)];
-    for e in &s.servers {
-        let m = &e.member;
-        rows.push([
-            m.name.clone(),
-            m.address.to_string(),
-            m.rpc_port.to_string(),
-            human_size(m.memory),
-            if m.tags.is_empty() {
-                "-".to_owned()
-            } else {
-                m.tags.join(",")
-            },
-            e.role.clone().unwrap_or_else(|| "-".to_owned()),
-        ]);
-    }
-    let widths: Vec<usize> = (0..6)
+/// What to do with the servers.
+#[derive(Debug, clap::Subcommand)]
+pub enum Action {
+    /// Remove a server from the cluster: its record goes, Raft takes it out of the
+    /// configuration (the voters follow the rule: 1 for 1–2 servers, 3 for 3–4, 5 from 5) and
+    /// its grid block goes. Then stop quarryd on it (it takes no part any more).
+    Remove {
+        /// The server's name.
+        name: String,
+    },
+}
+
+/// Columns as wide as their widest cell, two spaces apart.
+pub fn render(rows: &[Vec<String>]) -> String {
+    let n = rows.first().map_or(0, Vec::len);
+    let widths: Vec<usize> = (0..n)
         .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
         .collect();
     let mut out = String::new();
@@ -49,14 +49,69 @@ pub fn table(s: &Servers) -> String {
     out
 }
 
+/// The table, one line per server; the leader's role is marked `voter*`.
+pub fn table(s: &Servers) -> String {
+    let mut rows = vec![[
+        "NAME", "RAFT", "ROLE", "HEALTH", "ADDRESS", "RPC", "MEMORY", "TAGS",
+    ]
+    .map(str::to_owned)
+    .to_vec()];
+    for e in &s.servers {
+        let m = &e.member;
+        rows.push(vec![
+            m.name.clone(),
+            e.raft_id.to_string(),
+            if e.leader {
+                format!("{}*", e.role)
+            } else {
+                e.role.clone()
+            },
+            e.health.clone(),
+            m.address.to_string(),
+            m.rpc_port.to_string(),
+            human_size(m.memory),
+            if m.tags.is_empty() {
+                "-".to_owned()
+            } else {
+                m.tags.join(",")
+            },
+        ]);
+    }
+    let mut out = render(&rows);
+    let voters = s.servers.iter().filter(|e| e.role == "voter").count();
+    let learners = s.servers.iter().filter(|e| e.role == "learner").count();
+    out.push_str(&format!(
+        "{} servers: {voters} voters, {learners} learners (* leads)\n",
+        s.servers.len()
+    ));
+    out
+}
+
 /// Run it.
 pub async fn run(args: ServersArgs) -> anyhow::Result<()> {
     let target = Target::resolve(&args.node)?;
-    let s: Servers = target.get("/v1/servers").await?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&s)?);
-    } else {
-        print!("{}", table(&s));
+    match args.action {
+        None => {
+            let s: Servers = target.get("/v1/servers").await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                print!("{}", table(&s));
+            }
+        }
+        Some(Action::Remove { name }) => {
+            let v: serde_json::Value = target
+                .send("DELETE", &format!("/v1/servers/{name}"), None)
+                .await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!(
+                    "removed {name}: Raft takes it out of the configuration now (`quarry servers` \
+                     shows the voters following); then stop quarryd on {name}"
+                );
+            }
+        }
     }
     Ok(())
 }

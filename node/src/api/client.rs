@@ -1,6 +1,6 @@
-//! A small HTTP/1.1 client for the API (GET, one request per connection), over TCP or the
-//! local socket: what the `quarry` CLI and the tests use. Small on purpose: the API answers
-//! JSON with a content length, and the CLI needs nothing more.
+//! A small HTTP/1.1 client for the API (one request per connection), over TCP or the local
+//! socket: what the `quarry` CLI and the tests use. Small on purpose: the API answers JSON
+//! with a content length, and the CLI needs nothing more.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -81,12 +81,23 @@ pub enum ClientError {
 }
 
 /// How long a request may take.
-pub const TIMEOUT: Duration = Duration::from_secs(10);
+pub const TIMEOUT: Duration = Duration::from_secs(15);
 
 /// `GET path` with an optional bearer token.
 pub async fn get(
     endpoint: &Endpoint,
     path: &str,
+    token: Option<&str>,
+) -> Result<Reply, ClientError> {
+    request(endpoint, "GET", path, None, token).await
+}
+
+/// `METHOD path` with an optional JSON body and bearer token.
+pub async fn request(
+    endpoint: &Endpoint,
+    method: &str,
+    path: &str,
+    json: Option<&[u8]>,
     token: Option<&str>,
 ) -> Result<Reply, ClientError> {
     let unreachable = |cause| ClientError::Unreachable {
@@ -98,12 +109,21 @@ pub async fn get(
         Endpoint::Unix(_) => "localhost".to_owned(),
     };
     let mut req = format!(
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nAccept: application/json\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nAccept: application/json\r\n"
     );
     if let Some(t) = token {
         req.push_str(&format!("Authorization: Bearer {t}\r\n"));
     }
+    let body = json.unwrap_or_default();
+    if json.is_some() {
+        req.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
     req.push_str("\r\n");
+    let mut req = req.into_bytes();
+    req.extend_from_slice(body);
     let fut = async {
         let raw = match endpoint {
             Endpoint::Tcp(a) => exchange(tokio::net::TcpStream::connect(a).await?, &req).await?,
@@ -116,7 +136,7 @@ pub async fn get(
         .map_err(|_| {
             unreachable(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
-                "no answer in 10 s",
+                "no answer in 15 s",
             ))
         })?
         .map_err(unreachable)?;
@@ -128,9 +148,9 @@ pub async fn get(
 
 async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     mut s: S,
-    req: &str,
+    req: &[u8],
 ) -> std::io::Result<Vec<u8>> {
-    s.write_all(req.as_bytes()).await?;
+    s.write_all(req).await?;
     let mut buf = Vec::new();
     s.take(16 << 20).read_to_end(&mut buf).await?;
     Ok(buf)

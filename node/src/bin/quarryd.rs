@@ -1,8 +1,6 @@
 //! `quarryd`: the daemon every server runs. `init` creates a cluster, `token` prints its join
-//! token, `join` gets this server a certificate from a member, `run` serves.
-//!
-//! Flags override quarryd.toml. Raft is not wired in yet: `run` serves the RPC port (Join) and
-//! the API from the member list on disk, and says so.
+//! token, `join` has this server admitted by any member, `run` serves (and restarts from the
+//! data directory). Flags override quarryd.toml.
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
@@ -70,8 +68,8 @@ enum Command {
         /// A member's address.
         addr: String,
         /// The join token (`quarryd token` on a member).
-        #[arg(long, env = "QUARRY_JOIN_TOKEN")]
-        token: String,
+        #[arg(long, env = "QUARRY_JOIN_TOKEN", hide_env_values = true)]
+        token: Option<String>,
     },
     /// Run this server.
     Run,
@@ -137,25 +135,30 @@ async fn act(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Token => println!("{}", Secrets::of(&cfg).join_token()?),
         Command::Join { addr, token } => {
+            let Some(token) = token else {
+                anyhow::bail!(
+                    "joining needs the cluster's join token: pass --token QRY1-... (or set \
+                     QUARRY_JOIN_TOKEN); `quarryd token` on any member prints it"
+                );
+            };
             let token: JoinToken = token.parse()?;
             let addr = member_addr(&addr, cfg.rpc_port)?;
-            let members = daemon::join(&cfg, addr, &token).await?;
+            let joined = daemon::join(&cfg, addr, &token).await?;
             println!(
-                "joined through {addr}: certificate and gossip key stored in {}",
+                "joined through {addr} as Raft id {}: certificate and cluster secrets stored in {}",
+                joined.raft_id,
                 cfg.paths.secrets.display()
             );
             println!(
-                "members known: {}",
-                members
+                "servers: {}",
+                joined
+                    .servers
                     .iter()
-                    .map(|m| m.name.as_str())
+                    .map(|s| s.member.name.as_str())
                     .collect::<Vec<_>>()
                     .join(", ")
             );
-            println!(
-                "note: Raft is not wired into quarryd yet, so this server is in the member list \
-                 but not a Raft learner; `quarryd run` serves its API"
-            );
+            println!("start this server with `quarryd run`: it joins Raft as a learner");
         }
         Command::Run => {
             let running = daemon::run(&cfg).await?;
@@ -163,7 +166,8 @@ async fn act(cli: Cli) -> anyhow::Result<()> {
                 rpc = %running.rpc.local_addr(),
                 api = %running.api.tcp_addr(),
                 socket = %running.api.socket().display(),
-                "quarryd running (Raft not wired in yet: serving the member list on disk)"
+                raft_id = running.cluster.raft_id(),
+                "quarryd running"
             );
             let mut term =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -172,8 +176,7 @@ async fn act(cli: Cli) -> anyhow::Result<()> {
                 _ = term.recv() => {}
             }
             tracing::info!("stopping");
-            running.api.stop();
-            running.rpc.stop();
+            running.stop().await;
         }
     }
     Ok(())

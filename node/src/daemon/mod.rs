@@ -1,29 +1,45 @@
 //! What `quarryd init`, `token`, `join` and `run` do, as library calls (the binary only
 //! parses flags and prints).
 //!
-//! Files, all under `config.paths.secrets` (directory 0700, files 0600, root-only):
-//! `ca.pem` + `ca.key` (the cluster CA; only on servers that may admit joiners), `node.pem` +
-//! `node.key` (this server's identity), `gossip.key`, `join.secret` (hex), `admin.token`. The
-//! member list lives in `config.paths.data/members.json` until Raft carries it.
+//! Files. Under `config.paths.secrets` (directory 0700, files 0600, root-only): `ca.pem` +
+//! `ca.key` (the cluster CA: every member holds it, so any member admits joiners),
+//! `node.pem` + `node.key` (this server's identity), `gossip.key`, `join.secret` (hex),
+//! `admin.token`. Under `config.paths.data`: `raft/` (the Raft log and snapshots),
+//! `node.json` (this server's Raft id), `peers.json` (the Raft peers' addresses as last
+//! known: how a restarted or brand-new server reaches the leader before it has replayed the
+//! log).
+//!
+//! `init` makes the secrets and Raft id 1; the first `run` then starts a one-voter cluster
+//! and records this server (and the global env in `config.paths.etc/env/`, one file per
+//! variable) as the founder. `join` is admitted through any member and receives a Raft id;
+//! its `run` starts Raft with no voters and waits for the leader. `run` always restarts from
+//! the data directory.
 //!
 //! Invariants: `init` never overwrites an existing cluster (any of these files present stops
 //! it); a secret file is created with mode 0600 from the start (never written and then
 //! chmod-ed); a joiner stores nothing until the member has admitted it.
-//!
-//! Left out until the Raft-backed cluster exists: Raft membership (a joined server is a member
-//! of the list, not yet a learner), forwarding writes, the replicated state.
 
-use std::io::Write;
+mod secrets;
+
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::api::{self, ApiServer, LocalView};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+pub use secrets::Secrets;
+
+use crate::api::{self, ApiServer};
+use crate::cluster::{
+    self, Cluster, ClusterMachine, ControlService, PeerAddr, Peers, RpcTransport,
+};
 use crate::config::Config;
-use crate::pki::{self, ClusterCa, JoinToken, NodeIdentity};
-use crate::rpc::join::{self, FileAuthority, JoinAuthority, JoinService, Member};
-use crate::rpc::{Handlers, RpcServer};
+use crate::pki::{self, ClusterCa, JoinToken};
+use crate::rpc::join::{self, JoinAuthority, JoinService, Member, ServerSettings};
+use crate::rpc::{Dialer, Handlers, RpcServer};
 
 /// What went wrong.
 #[derive(Debug, thiserror::Error)]
@@ -69,116 +85,6 @@ fn file_err(path: &Path) -> impl FnOnce(std::io::Error) -> DaemonError + '_ {
     }
 }
 
-/// The secret files of a server.
-#[derive(Debug, Clone)]
-pub struct Secrets {
-    dir: PathBuf,
-}
-
-impl Secrets {
-    /// The files under `config.paths.secrets`.
-    pub fn of(cfg: &Config) -> Secrets {
-        Secrets {
-            dir: cfg.paths.secrets.clone(),
-        }
-    }
-
-    /// A file in the directory.
-    pub fn path(&self, name: &str) -> PathBuf {
-        self.dir.join(name)
-    }
-
-    fn read(&self, name: &str) -> Result<String, DaemonError> {
-        let p = self.path(name);
-        std::fs::read_to_string(&p).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                DaemonError::NotInitialized(p.clone())
-            } else {
-                file_err(&p)(e)
-            }
-        })
-    }
-
-    fn read32(&self, name: &str) -> Result<[u8; 32], DaemonError> {
-        let text = self.read(name)?;
-        hex::decode(text.trim())
-            .ok()
-            .and_then(|v| v.try_into().ok())
-            .ok_or_else(|| {
-                DaemonError::Invalid(format!(
-                    "{} is not 64 hex digits",
-                    self.path(name).display()
-                ))
-            })
-    }
-
-    /// Create the directory (0700) and write a new file (0600); refuses to replace one.
-    fn create(&self, name: &str, contents: &str) -> Result<(), DaemonError> {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&self.dir)
-            .map_err(file_err(&self.dir))?;
-        std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o700))
-            .map_err(file_err(&self.dir))?;
-        let p = self.path(name);
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&p)
-            .map_err(|e| {
-                if e.kind() == std::io::ErrorKind::AlreadyExists {
-                    DaemonError::AlreadyInitialized(p.clone())
-                } else {
-                    file_err(&p)(e)
-                }
-            })?;
-        f.write_all(contents.as_bytes()).map_err(file_err(&p))?;
-        f.sync_all().map_err(file_err(&p))
-    }
-
-    /// This server's identity.
-    pub fn identity(&self) -> Result<NodeIdentity, DaemonError> {
-        Ok(NodeIdentity {
-            cert_pem: self.read("node.pem")?,
-            key_pem: self.read("node.key")?,
-            ca_pem: self.read("ca.pem")?,
-        })
-    }
-
-    /// The cluster CA with its key, when this server holds it.
-    pub fn ca(&self) -> Result<Option<ClusterCa>, DaemonError> {
-        if !self.path("ca.key").exists() {
-            return Ok(None);
-        }
-        Ok(Some(ClusterCa::from_pem(
-            &self.read("ca.pem")?,
-            &self.read("ca.key")?,
-        )?))
-    }
-
-    /// The join token (needs the CA and the join secret).
-    pub fn join_token(&self) -> Result<JoinToken, DaemonError> {
-        let ca = self.read("ca.pem")?;
-        let digest = ClusterCa::from_pem(&ca, &self.read("ca.key")?)?.digest();
-        Ok(JoinToken {
-            ca: digest,
-            secret: self.read32("join.secret")?,
-        })
-    }
-
-    /// The admin token of the HTTP API.
-    pub fn admin_token(&self) -> Result<String, DaemonError> {
-        Ok(self.read("admin.token")?.trim().to_owned())
-    }
-
-    /// The gossip key.
-    pub fn gossip_key(&self) -> Result<[u8; 32], DaemonError> {
-        self.read32("gossip.key")
-    }
-}
-
 /// This server's name: the config's, or the hostname.
 pub fn server_name(cfg: &Config) -> Result<String, DaemonError> {
     if let Some(n) = &cfg.name {
@@ -194,20 +100,27 @@ pub fn server_name(cfg: &Config) -> Result<String, DaemonError> {
     Ok(h.to_owned())
 }
 
-/// This server as a member record.
+/// This server as it describes itself to the cluster.
 pub fn me(cfg: &Config) -> Result<Member, DaemonError> {
     let memory = match &cfg.memory {
         Some(m) => crate::spec::units::parse_size(m).map_err(DaemonError::Invalid)?,
         None => machine_memory().unwrap_or(0),
     };
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default();
     Ok(Member {
         name: server_name(cfg)?,
         address: cfg.address,
         rpc_port: cfg.rpc_port,
         gossip_port: cfg.gossip_port,
         api_port: cfg.api_port,
+        hostname,
         memory,
         tags: cfg.tags.clone(),
+        settings: ServerSettings {
+            host_ports: cfg.host_ports,
+        },
     })
 }
 
@@ -218,9 +131,21 @@ fn machine_memory() -> Option<u64> {
     Some(kb * 1024)
 }
 
-/// The member list file.
-pub fn members_path(cfg: &Config) -> PathBuf {
-    cfg.paths.data.join("members.json")
+/// This server's place in Raft, kept in `data/node.json`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeFile {
+    /// Its Raft id (1: the founder).
+    pub raft_id: u64,
+}
+
+/// The node file.
+pub fn node_path(cfg: &Config) -> PathBuf {
+    cfg.paths.data.join("node.json")
+}
+
+/// The peers file.
+pub fn peers_path(cfg: &Config) -> PathBuf {
+    cfg.paths.data.join("peers.json")
 }
 
 fn ensure_data(cfg: &Config) -> Result<(), DaemonError> {
@@ -229,6 +154,28 @@ fn ensure_data(cfg: &Config) -> Result<(), DaemonError> {
         .mode(0o700)
         .create(&cfg.paths.data)
         .map_err(file_err(&cfg.paths.data))
+}
+
+fn write_node_file(cfg: &Config, node: NodeFile) -> Result<(), DaemonError> {
+    let p = node_path(cfg);
+    let tmp = p.with_extension("tmp");
+    let bytes =
+        serde_json::to_vec_pretty(&node).map_err(|e| DaemonError::Invalid(e.to_string()))?;
+    std::fs::write(&tmp, bytes).map_err(file_err(&tmp))?;
+    std::fs::rename(&tmp, &p).map_err(file_err(&p))
+}
+
+fn read_node_file(cfg: &Config) -> Result<NodeFile, DaemonError> {
+    let p = node_path(cfg);
+    let bytes = std::fs::read(&p).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            DaemonError::NotInitialized(p.clone())
+        } else {
+            file_err(&p)(e)
+        }
+    })?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| DaemonError::Invalid(format!("{}: {e}", p.display())))
 }
 
 /// What init made.
@@ -242,7 +189,7 @@ pub struct Initialized {
     pub name: String,
 }
 
-/// `quarryd init`: a new cluster with this server as its first member.
+/// `quarryd init`: a new cluster with this server as its founder (Raft id 1).
 pub fn init(cfg: &Config) -> Result<Initialized, DaemonError> {
     let s = Secrets::of(cfg);
     // Refuse before creating anything, so a second init leaves the first untouched.
@@ -259,7 +206,11 @@ pub fn init(cfg: &Config) -> Result<Initialized, DaemonError> {
             return Err(DaemonError::AlreadyInitialized(s.path(f)));
         }
     }
+    if node_path(cfg).exists() {
+        return Err(DaemonError::AlreadyInitialized(node_path(cfg)));
+    }
     let me = me(cfg)?;
+    cluster::check_server_name(&me.name).map_err(|e| DaemonError::Invalid(e.to_string()))?;
     let ca = ClusterCa::generate(&me.name)?;
     let id = ca.issue(&me.name)?;
     let secret = pki::random_bytes();
@@ -271,28 +222,44 @@ pub fn init(cfg: &Config) -> Result<Initialized, DaemonError> {
     s.create("join.secret", &hex::encode(secret))?;
     s.create("admin.token", &pki::new_admin_token())?;
     ensure_data(cfg)?;
-    let name = me.name.clone();
-    FileAuthority::open(&members_path(cfg), me).map_err(file_err(&members_path(cfg)))?;
+    write_node_file(
+        cfg,
+        NodeFile {
+            raft_id: cluster::FOUNDER_RAFT_ID,
+        },
+    )?;
     Ok(Initialized {
         token: JoinToken {
             ca: ca.digest(),
             secret,
         },
         admin_token_path: s.path("admin.token"),
-        name,
+        name: me.name,
     })
 }
 
-/// `quarryd join`: get a certificate from the member at `addr` and store it with the gossip
-/// key, the join secret and the member list. Returns the members the member knew.
+/// What join got.
+#[derive(Debug)]
+pub struct Joined {
+    /// This server's Raft id.
+    pub raft_id: u64,
+    /// The servers of the cluster, this one included.
+    pub servers: Vec<cluster::ServerRecord>,
+}
+
+/// `quarryd join`: be admitted by the member at `addr` and store the certificate, the
+/// cluster's secrets, the Raft id and the peers it named.
 pub async fn join(
     cfg: &Config,
     addr: SocketAddr,
     token: &JoinToken,
-) -> Result<Vec<Member>, DaemonError> {
+) -> Result<Joined, DaemonError> {
     let s = Secrets::of(cfg);
     if s.path("node.pem").exists() {
         return Err(DaemonError::AlreadyInitialized(s.path("node.pem")));
+    }
+    if node_path(cfg).exists() {
+        return Err(DaemonError::AlreadyInitialized(node_path(cfg)));
     }
     let me = me(cfg)?;
     let (csr, key_pem) = pki::new_csr(&me.name)?;
@@ -300,49 +267,131 @@ pub async fn join(
     s.create("node.key", &key_pem)?;
     s.create("node.pem", &admitted.cert_pem)?;
     s.create("ca.pem", &admitted.ca_pem)?;
+    s.create("ca.key", &admitted.ca_key_pem)?;
+    s.create("join.secret", &hex::encode(admitted.join_secret))?;
     s.create("gossip.key", &hex::encode(admitted.gossip_key))?;
     s.create("admin.token", &admitted.admin_token)?;
     ensure_data(cfg)?;
-    FileAuthority::store(&members_path(cfg), &admitted.members)
-        .map_err(file_err(&members_path(cfg)))?;
-    Ok(admitted.members)
+    let book: BTreeMap<u64, PeerAddr> = admitted
+        .servers
+        .iter()
+        .map(|r| {
+            (
+                r.raft_id,
+                PeerAddr {
+                    name: r.member.name.clone(),
+                    addr: r.member.rpc_addr(),
+                },
+            )
+        })
+        .collect();
+    cluster::write_peers(&peers_path(cfg), &book).map_err(file_err(&peers_path(cfg)))?;
+    write_node_file(
+        cfg,
+        NodeFile {
+            raft_id: admitted.raft_id,
+        },
+    )?;
+    Ok(Joined {
+        raft_id: admitted.raft_id,
+        servers: admitted.servers,
+    })
 }
 
-/// A running server: the RPC listener and the API.
+/// A running server: Raft, the RPC listener, the API and the background tasks.
 #[derive(Debug)]
 pub struct Running {
+    /// The cluster as this server sees it.
+    pub cluster: Arc<Cluster>,
     /// The RPC listener.
     pub rpc: RpcServer,
     /// The HTTP API.
     pub api: ApiServer,
+    raft: quarry_consensus::NodeTask,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
-/// `quarryd run`: load the config and secrets, start the RPC listener (serving Join when this
-/// server holds the CA) and the HTTP API.
+impl Running {
+    /// Stop everything: the API and RPC first (no new work), then the tasks, then Raft
+    /// (which writes what is only in memory).
+    pub async fn stop(self) {
+        self.api.stop();
+        self.rpc.stop();
+        for t in &self.tasks {
+            t.abort();
+        }
+        let _ = self.cluster.handle().shutdown().await;
+        let _ = self.raft.await;
+    }
+
+    /// Whether Raft has stopped (a storage fault stops it; the log says why).
+    pub fn raft_stopped(&self) -> bool {
+        self.raft.is_finished()
+    }
+}
+
+/// `quarryd run`: start Raft from the data directory, the RPC listener (Raft, Control, Bulk
+/// and Join lanes), the HTTP API and the background tasks.
 pub async fn run(cfg: &Config) -> Result<Running, DaemonError> {
     let s = Secrets::of(cfg);
     let identity = s.identity()?;
-    let me = me(cfg)?;
+    let node = read_node_file(cfg)?;
+    let mut me = me(cfg)?;
     ensure_data(cfg)?;
-    let authority = Arc::new(
-        FileAuthority::open(&members_path(cfg), me.clone())
-            .map_err(file_err(&members_path(cfg)))?,
-    );
-    let mut handlers = Handlers::default();
-    if let Some(ca) = s.ca()? {
-        let secret = s.read32("join.secret")?;
-        let dyn_auth: Arc<dyn JoinAuthority> = authority.clone();
-        handlers.join = Some(Arc::new(JoinService::new(
-            ca,
-            secret,
+    let dialer = Dialer::new(&identity)?;
+    let seeds = cluster::read_peers(&peers_path(cfg)).map_err(file_err(&peers_path(cfg)))?;
+    let peers = Peers::new(seeds);
+
+    let (inbox_tx, inbox_rx) = quarry_consensus::transport::inbox();
+    let transport = RpcTransport::new(dialer.clone(), peers.clone(), inbox_tx.clone());
+    let (machine, servers) = ClusterMachine::new();
+    let voters = if node.raft_id == cluster::FOUNDER_RAFT_ID {
+        vec![node.raft_id]
+    } else {
+        Vec::new() // a joiner: the leader brings it in
+    };
+    let raft_cfg =
+        quarry_consensus::NodeConfig::new(node.raft_id, voters, cfg.paths.data.join("raft"));
+    let (handle, raft) = quarry_consensus::start(raft_cfg, machine, transport, inbox_rx)
+        .map_err(|e| DaemonError::Invalid(format!("raft could not start: {e}")))?;
+    let cluster = Arc::new(Cluster::new(
+        node.raft_id,
+        me.clone(),
+        handle,
+        dialer,
+        peers.clone(),
+        servers,
+    ));
+
+    let (lane_tx, lane_rx) = mpsc::channel(1024);
+    let snapshots =
+        cluster::transport::SnapshotService::new(node.raft_id, peers.clone(), inbox_tx.clone());
+    let mut tasks = vec![tokio::spawn(cluster::transport::route(
+        node.raft_id,
+        lane_rx,
+        peers,
+        inbox_tx,
+    ))];
+    let authority: Arc<dyn JoinAuthority> = cluster.clone();
+    let handlers = Handlers {
+        raft: Some(lane_tx),
+        control: Some(Arc::new(ControlService::new(cluster.clone()))),
+        bulk: Some(Arc::new(snapshots)),
+        join: Some(Arc::new(JoinService::new(
+            ClusterCa::from_pem(&s.read("ca.pem")?, &s.read("ca.key")?)?,
+            s.join_secret()?,
             s.gossip_key()?,
             s.admin_token()?,
-            dyn_auth,
-        )));
-    }
-    let rpc_listen = SocketAddr::new(cfg.address, cfg.rpc_port);
-    let rpc = RpcServer::bind(rpc_listen, &identity, handlers).await?;
-    let view = Arc::new(LocalView::new(me, authority));
+            authority,
+        ))),
+    };
+    let rpc = RpcServer::bind(
+        SocketAddr::new(cfg.address, cfg.rpc_port),
+        &identity,
+        handlers,
+    )
+    .await?;
+    let view: Arc<dyn api::ClusterView> = cluster.clone();
     let api = ApiServer::start(
         cfg.api_addr(),
         &cfg.paths.api_socket,
@@ -350,5 +399,25 @@ pub async fn run(cfg: &Config) -> Result<Running, DaemonError> {
         view,
     )
     .await?;
-    Ok(Running { rpc, api })
+    // What others dial: the ports actually bound (a config may say 0 in tests).
+    me.rpc_port = rpc.local_addr().port();
+    me.api_port = api.tcp_addr().port();
+    cluster.set_me(me);
+
+    tasks.push(tokio::spawn(cluster::follow_servers(
+        cluster.clone(),
+        peers_path(cfg),
+    )));
+    tasks.push(tokio::spawn(cluster::keep_record(
+        cluster.clone(),
+        cfg.paths.etc.join("env"),
+    )));
+    tasks.push(tokio::spawn(cluster::reconcile(cluster.clone())));
+    Ok(Running {
+        cluster,
+        rpc,
+        api,
+        raft,
+        tasks,
+    })
 }

@@ -23,6 +23,9 @@ pub const BACKOFF_MIN: Duration = Duration::from_millis(50);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// Messages a [`RaftLink`] holds while its connection is down; more are dropped (Raft resends).
 pub const RAFT_QUEUE: usize = 1024;
+/// How long one write on a [`RaftLink`] may stall before the connection is dropped and
+/// redialed: a peer that stopped reading (or vanished without a reset) costs one queue.
+pub const LINK_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Open a connection on `lane` at `addr` with a TLS client config (a member's, or a joiner's
 /// pinned one), and pass the hello.
@@ -118,9 +121,18 @@ impl Dialer {
 
     /// Open a Raft lane to `addr`, kept open by a task (see [`RaftLink`]).
     pub fn raft_link(&self, addr: SocketAddr) -> RaftLink {
-        RaftLink::spawn(addr, self.tls.clone())
+        RaftLink::spawn(addr, self.tls.clone(), None)
+    }
+
+    /// Like [`Dialer::raft_link`], calling `on_down` each time a dial or a write fails (a
+    /// message was lost): Raft wants to hear that a peer is unreachable.
+    pub fn raft_link_reporting(&self, addr: SocketAddr, on_down: OnDown) -> RaftLink {
+        RaftLink::spawn(addr, self.tls.clone(), Some(on_down))
     }
 }
+
+/// Called by a [`RaftLink`] when a message was lost to a failed dial or write.
+pub type OnDown = Arc<dyn Fn() + Send + Sync>;
 
 /// An open Control or Bulk lane: requests go one at a time.
 #[derive(Debug)]
@@ -154,7 +166,16 @@ pub struct RaftLink {
 }
 
 impl RaftLink {
-    fn spawn(addr: SocketAddr, tls: Arc<rustls::ClientConfig>) -> RaftLink {
+    fn spawn(
+        addr: SocketAddr,
+        tls: Arc<rustls::ClientConfig>,
+        on_down: Option<OnDown>,
+    ) -> RaftLink {
+        let down = move || {
+            if let Some(f) = &on_down {
+                f();
+            }
+        };
         let (tx, mut rx) = mpsc::channel::<Vec<u8>>(RAFT_QUEUE);
         tokio::spawn(async move {
             let mut backoff = BACKOFF_MIN;
@@ -170,6 +191,7 @@ impl RaftLink {
                     }
                     Err(e) => {
                         tracing::debug!(%addr, "raft link: {e}; retrying in {backoff:?}");
+                        down();
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(BACKOFF_MAX);
                         // Keep only the newest message while down.
@@ -183,7 +205,13 @@ impl RaftLink {
                     }
                 };
                 loop {
-                    if codec::write_frame(&mut s, &pending).await.is_err() {
+                    let wrote = tokio::time::timeout(
+                        LINK_WRITE_TIMEOUT,
+                        codec::write_frame(&mut s, &pending),
+                    )
+                    .await;
+                    if !matches!(wrote, Ok(Ok(()))) {
+                        down();
                         break; // reconnect; `pending` is lost (Raft resends)
                     }
                     match rx.recv().await {

@@ -4,23 +4,24 @@
 //!   joiner (TLS pinned to the token's CA digest)          member
 //!     | JoinRequest { secret, CSR, name, addresses, ports, memory, tags } -->|
 //!     |                                   secret == join secret? (constant time)
-//!     |                                   authority.admit(member)  (Raft: add as learner)
 //!     |                                   sign the CSR with the cluster CA
-//!     |<-- Ok(Admitted { certificate, CA cert, gossip key, admin token,      |
-//!     |                  members }) -----------------------------------------|
+//!     |                                   authority.admit(member): the Raft leader commits
+//!     |                                   the server record and adds it as a learner
+//!     |<-- Ok(Admitted { certificate, CA cert and key, join secret, gossip key, |
+//!     |                  admin token, Raft id, servers }) ---------------------|
 //!     |    or Err(why, in words for the operator)                            |
 //! ```
 //!
 //! The secret is checked before anything else is looked at, and a wrong one learns nothing
-//! about the cluster. The joiner's key never leaves it (it sends a CSR). The admission is behind
-//! [`JoinAuthority`]: the Raft-backed cluster will implement it by committing the new server
-//! as a learner; until then [`FileAuthority`] keeps the member list in a JSON file.
+//! about the cluster. The joiner's key never leaves it (it sends a CSR). Every member receives
+//! the CA key and the join secret, so any member admits new servers and no server is special
+//! (as Docker Swarm's managers do); the admission itself is behind [`JoinAuthority`], which
+//! quarryd implements with the Raft-backed cluster (`crate::cluster`).
 //!
-//! Left out here: rotating the join secret, and removing members.
+//! Left out here: rotating the join secret or the CA.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -28,9 +29,25 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::codec;
 use super::server::BoxFuture;
 use super::{client, Lane, RpcError};
+use crate::cluster::ServerRecord;
 use crate::pki::{self, ClusterCa, JoinToken};
 
-/// A cluster member as the join exchange and the member list describe it.
+/// A server's settings that the leader needs to place containers on it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerSettings {
+    /// Host ports quarry may publish containers on, inclusive.
+    pub host_ports: (u16, u16),
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        ServerSettings {
+            host_ports: (20000, 29999),
+        }
+    }
+}
+
+/// A server as it describes itself: in the join exchange and in the cluster's server records.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Member {
     /// Its unique name (also its certificate's common name).
@@ -43,10 +60,14 @@ pub struct Member {
     pub gossip_port: u16,
     /// HTTP API port.
     pub api_port: u16,
+    /// The machine's hostname (may differ from the name).
+    pub hostname: String,
     /// Memory offered to the grid, bytes.
     pub memory: u64,
     /// Placement tags.
     pub tags: Vec<String>,
+    /// What the leader needs to place containers on it.
+    pub settings: ServerSettings,
 }
 
 impl Member {
@@ -74,103 +95,44 @@ pub struct Admitted {
     pub cert_pem: String,
     /// The cluster CA certificate (PEM).
     pub ca_pem: String,
+    /// The cluster CA key (PEM), so this server can admit others. Secret.
+    pub ca_key_pem: String,
+    /// The join secret, for the same reason. Secret.
+    pub join_secret: [u8; 32],
     /// The gossip key. Secret.
     pub gossip_key: [u8; 32],
     /// The admin token of the HTTP API (one for the whole cluster, so the CLI can talk to any
     /// server). Secret.
     pub admin_token: String,
-    /// The members the admitting server knows, the joiner included.
-    pub members: Vec<Member>,
+    /// The joiner's Raft id.
+    pub raft_id: u64,
+    /// The servers of the cluster, the joiner included: where its Raft peers are.
+    pub servers: Vec<ServerRecord>,
 }
 
 impl std::fmt::Debug for Admitted {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Admitted")
-            .field("members", &self.members)
+            .field("raft_id", &self.raft_id)
+            .field("servers", &self.servers)
             .finish_non_exhaustive()
     }
 }
 
-/// Decides membership. The Raft-backed cluster implements it by proposing the new server as a
-/// learner and answering once that is committed.
+/// What an admission gives: the new server's Raft id and the servers it will talk to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Admission {
+    /// The joiner's Raft id.
+    pub raft_id: u64,
+    /// Every server, the joiner included.
+    pub servers: Vec<ServerRecord>,
+}
+
+/// Decides membership. quarryd's cluster implements it by committing the new server's record
+/// through the Raft leader and adding it as a learner.
 pub trait JoinAuthority: Send + Sync + 'static {
-    /// Admit `member` (or refuse, with a reason for the joiner's operator); on success, the
-    /// member list including it.
-    fn admit(&self, member: Member) -> BoxFuture<'_, Result<Vec<Member>, String>>;
-    /// The members known now.
-    fn members(&self) -> Vec<Member>;
-}
-
-/// A member list kept in a JSON file (written whole, atomically): the membership of a cluster
-/// before Raft carries it, and what `quarryd run` serves meanwhile.
-#[derive(Debug)]
-pub struct FileAuthority {
-    path: PathBuf,
-    members: Mutex<Vec<Member>>,
-}
-
-impl FileAuthority {
-    /// Open (or start) the list at `path`; `me` is added if absent.
-    pub fn open(path: &Path, me: Member) -> std::io::Result<FileAuthority> {
-        let mut members: Vec<Member> = match std::fs::read(path) {
-            Ok(b) => serde_json::from_slice(&b).map_err(std::io::Error::other)?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(e),
-        };
-        match members.iter_mut().find(|m| m.name == me.name) {
-            Some(m) => *m = me,
-            None => members.push(me),
-        }
-        write_atomic(path, &members)?;
-        Ok(FileAuthority {
-            path: path.to_owned(),
-            members: Mutex::new(members),
-        })
-    }
-
-    /// Replace the list (a joiner stores what its member sent).
-    pub fn store(path: &Path, members: &[Member]) -> std::io::Result<()> {
-        write_atomic(path, members)
-    }
-}
-
-fn write_atomic(path: &Path, members: &[Member]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(
-        &tmp,
-        serde_json::to_vec_pretty(members).map_err(std::io::Error::other)?,
-    )?;
-    std::fs::rename(&tmp, path)
-}
-
-impl JoinAuthority for FileAuthority {
-    fn admit(&self, member: Member) -> BoxFuture<'_, Result<Vec<Member>, String>> {
-        Box::pin(async move {
-            let mut list = self
-                .members
-                .lock()
-                .map_err(|_| "member list poisoned".to_owned())?;
-            if let Some(m) = list.iter_mut().find(|m| m.name == member.name) {
-                if m.address != member.address {
-                    return Err(format!(
-                        "the name {:?} is taken by the member at {}: give this server another \
-                         name (`name` in quarryd.toml)",
-                        member.name, m.address
-                    ));
-                }
-                *m = member; // the same server joining again: keep its latest details
-            } else {
-                list.push(member);
-            }
-            write_atomic(&self.path, &list)
-                .map_err(|e| format!("the member could not record the new server: {e}"))?;
-            Ok(list.clone())
-        })
-    }
-
-    fn members(&self) -> Vec<Member> {
-        self.members.lock().map(|l| l.clone()).unwrap_or_default()
-    }
+    /// Admit `member` (or refuse, with a reason for the joiner's operator).
+    fn admit(&self, member: Member) -> BoxFuture<'_, Result<Admission, String>>;
 }
 
 /// The member side of the Join lane.
@@ -238,21 +200,22 @@ impl JoinService {
             );
         }
         let name = req.member.name.clone();
-        if name.is_empty() || name.len() > 63 {
-            return Err("a server name must have 1 to 63 characters".to_owned());
-        }
+        crate::cluster::check_server_name(&name).map_err(|e| e.to_string())?;
         let cert_pem = self
             .ca
             .sign_csr(&req.csr_pem, &name)
             .map_err(|e| format!("the certificate request could not be signed: {e}"))?;
-        let members = self.authority.admit(req.member).await?;
-        tracing::info!(server = %name, "admitted a new server");
+        let admission = self.authority.admit(req.member).await?;
+        tracing::info!(server = %name, raft_id = admission.raft_id, "admitted a new server");
         Ok(Admitted {
             cert_pem,
             ca_pem: self.ca.cert_pem().to_owned(),
+            ca_key_pem: self.ca.key_pem().to_owned(),
+            join_secret: self.secret,
             gossip_key: self.gossip_key,
             admin_token: self.admin_token.clone(),
-            members,
+            raft_id: admission.raft_id,
+            servers: admission.servers,
         })
     }
 }
@@ -280,6 +243,10 @@ pub enum JoinError {
     },
 }
 
+/// How long a joiner waits for the member's answer (the member forwards the admission to the
+/// leader, which commits it and adds the joiner as a learner).
+pub const JOIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Ask the member at `addr` to admit this server. `key_pem` stays here; `csr_pem` is its CSR.
 pub async fn join(
     addr: SocketAddr,
@@ -297,7 +264,16 @@ pub async fn join(
         member,
     };
     codec::send(&mut s, &req).await.map_err(|e| rpc(e.into()))?;
-    let answer: JoinAnswer = codec::recv(&mut s).await.map_err(|e| rpc(e.into()))?;
+    let answer: JoinAnswer = tokio::time::timeout(JOIN_TIMEOUT, codec::recv(&mut s))
+        .await
+        .map_err(|_| JoinError::Refused {
+            addr,
+            reason: format!(
+                "no answer within {JOIN_TIMEOUT:?}: the cluster may have no leader; retry when \
+                 `quarry status` on a member shows one"
+            ),
+        })?
+        .map_err(|e| rpc(e.into()))?;
     let admitted = answer.map_err(|reason| JoinError::Refused { addr, reason })?;
     let pem_der = |p: &str| pem::parse(p).ok().map(|p| p.into_contents());
     if presented.as_deref().and_then(pem_der) != pem_der(&admitted.ca_pem)

@@ -1,0 +1,156 @@
+//! The Control lane's protocol between servers: writes and admissions forwarded to the
+//! leader, and the leader's view of replication.
+//!
+//! Every request is answered by the server it reached; one that only the leader can serve is
+//! answered [`ControlAnswer::NotLeader`] elsewhere, and the caller asks again where that
+//! points (with the same idempotency key, so a write applies at most once).
+
+use std::sync::Arc;
+
+use quarry_consensus::{ClientError, IdempotencyKey, Role};
+use serde::{Deserialize, Serialize};
+
+use super::node::Cluster;
+use super::state::{Command, Outcome, Refusal};
+use crate::rpc::codec;
+use crate::rpc::join::{Admission, Member};
+use crate::rpc::server::{BoxFuture, RequestHandler};
+
+/// A request on the Control lane.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ControlRequest {
+    /// Propose a command (leader only).
+    Propose {
+        /// The idempotency key the forwarder keeps across retries.
+        key: IdempotencyKey,
+        /// The command.
+        command: Command,
+    },
+    /// Admit a joiner (leader only).
+    Admit {
+        /// The joiner.
+        member: Member,
+    },
+    /// The leader's replication progress (leader only).
+    Progress,
+}
+
+/// One peer's replication as the leader sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerHealth {
+    /// Its Raft id.
+    pub raft_id: u64,
+    /// The highest log index known to be on it.
+    pub matched: u64,
+    /// Whether it answered within the last election timeout.
+    pub active: bool,
+}
+
+/// The leader's view of replication.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaderView {
+    /// The leader's commit index.
+    pub commit: u64,
+    /// Every member's progress.
+    pub peers: Vec<PeerHealth>,
+}
+
+/// The leader's view from its own status.
+pub(super) fn leader_view_of(status: &quarry_consensus::Status) -> LeaderView {
+    LeaderView {
+        commit: status.commit,
+        peers: status
+            .progress
+            .iter()
+            .map(|(&raft_id, p)| PeerHealth {
+                raft_id,
+                matched: p.matched,
+                active: p.recent_active || raft_id == status.id,
+            })
+            .collect(),
+    }
+}
+
+/// The answer to a [`ControlRequest`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ControlAnswer {
+    /// The command applied (or was refused by the state, deterministically).
+    Applied(Result<Outcome, Refusal>),
+    /// The joiner is admitted.
+    Admitted(Admission),
+    /// The leader's view.
+    Progress(LeaderView),
+    /// Not the leader (the one this server believes leads, if any): ask again there.
+    NotLeader {
+        /// The leader's Raft id, if known.
+        leader: Option<u64>,
+    },
+    /// Failed for good; the words say why.
+    Failed(String),
+}
+
+/// The Control lane's handler on a server.
+#[derive(Debug, Clone)]
+pub struct ControlService {
+    cluster: Arc<Cluster>,
+}
+
+impl ControlService {
+    /// Serve requests with `cluster`.
+    pub fn new(cluster: Arc<Cluster>) -> ControlService {
+        ControlService { cluster }
+    }
+
+    async fn answer(&self, req: ControlRequest) -> ControlAnswer {
+        let c = &self.cluster;
+        let status = match c.handle().status().await {
+            Ok(s) => s,
+            Err(e) => return ControlAnswer::Failed(format!("this server's Raft stopped: {e}")),
+        };
+        if status.role != Role::Leader {
+            return ControlAnswer::NotLeader {
+                leader: status.leader,
+            };
+        }
+        match req {
+            ControlRequest::Propose { key, command } => {
+                match c.handle().propose_with_key(key, command).await {
+                    Ok(out) => ControlAnswer::Applied(out),
+                    Err(ClientError::NotLeader { leader }) => ControlAnswer::NotLeader { leader },
+                    Err(ClientError::StaleRequest { .. }) => ControlAnswer::Failed(
+                        "the write was superseded by a later one from the same server".to_owned(),
+                    ),
+                    // Timeout, lost leadership, no quorum: the outcome is unknown; the caller
+                    // retries with the same key.
+                    Err(_) => ControlAnswer::NotLeader { leader: None },
+                }
+            }
+            ControlRequest::Admit { member } => match c.admit_here(member).await {
+                Ok(a) => ControlAnswer::Admitted(a),
+                Err(AdmitError::NotLeader) => ControlAnswer::NotLeader { leader: None },
+                Err(AdmitError::Failed(m)) => ControlAnswer::Failed(m),
+            },
+            ControlRequest::Progress => ControlAnswer::Progress(leader_view_of(&status)),
+        }
+    }
+}
+
+/// Why an admission on the leader did not happen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdmitError {
+    /// Leadership moved: ask the new leader.
+    NotLeader,
+    /// Refused or failed; the words say why.
+    Failed(String),
+}
+
+impl RequestHandler for ControlService {
+    fn handle(&self, peer: String, request: Vec<u8>) -> BoxFuture<'_, Result<Vec<u8>, String>> {
+        Box::pin(async move {
+            let req: ControlRequest = codec::decode(&request)
+                .map_err(|e| format!("undecodable control request from {peer}: {e}"))?;
+            let answer = self.answer(req).await;
+            codec::encode(&answer).map_err(|e| e.to_string())
+        })
+    }
+}
