@@ -10,8 +10,8 @@
 //!   idle run of 5 servers, 10 minutes (20 s in quick mode; target 0).
 //!
 //! `QUARRY_BENCH=quick` runs the short version (about a minute). Needs root and network
-//! namespaces (the lab). Timings poll each survivor's local `GET /v1/status` every 20 ms (no
-//! Raft round trip). The last line is one JSON object with the figures.
+//! namespaces (the lab). Timings poll the survivors' local `GET /v1/status` every 20 ms, all at
+//! once (no Raft round trip). The last line is one JSON object with the figures.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -48,6 +48,35 @@ impl Api {
 
     fn status(&self, h: &Host) -> Option<Value> {
         self.get(h, "/v1/status")
+    }
+
+    /// `/v1/status` of every host in `hs` at once (a slow answer does not delay the others'),
+    /// in order.
+    fn statuses(&self, hs: &[&Host]) -> Vec<Option<Value>> {
+        self.rt.block_on(async {
+            let mut set = tokio::task::JoinSet::new();
+            for (i, h) in hs.iter().enumerate() {
+                let ep = Endpoint::Tcp(format!("{}:7700", h.addr()));
+                let token = self.token.clone();
+                set.spawn(async move {
+                    let r = tokio::time::timeout(
+                        Duration::from_millis(800),
+                        client::get(&ep, "/v1/status", Some(&token)),
+                    )
+                    .await;
+                    let v = match r {
+                        Ok(Ok(r)) if r.status == 200 => serde_json::from_slice(&r.body).ok(),
+                        _ => None,
+                    };
+                    (i, v)
+                });
+            }
+            let mut out = vec![None; hs.len()];
+            while let Some(Ok((i, v))) = set.join_next().await {
+                out[i] = v;
+            }
+            out
+        })
     }
 }
 
@@ -210,7 +239,7 @@ fn main() {
                 "cut {round}: elected {elected:?}, detected {detected:?} after 30 s\n{}",
                 lab.logs_tail(20)
             );
-            let s: Vec<Option<Value>> = survivors.iter().map(|h| api.status(h)).collect();
+            let s = api.statuses(&survivors);
             let at = cut_at.elapsed().as_secs_f64();
             let leaders: Vec<&str> = s
                 .iter()
