@@ -116,7 +116,11 @@ fn a_cluster_grows_to_five_fails_over_restarts_and_shrinks_back() {
         report.push(format!("join h{} -> settled {:.1}s", i + 1, secs(t)));
     }
     let five = cli.ok(hosts[2], &["servers"]);
-    eprintln!("{five}");
+    eprintln!(
+        "{five}\n{}\n{}",
+        cli.ok(hosts[3], &["status"]),
+        cli.ok(hosts[1], &["grid"])
+    );
     assert!(five.contains("5 servers: 5 voters, 0 learners"), "{five}");
     let grid = cli.json(hosts[4], &["grid"]).expect("grid");
     let blocks = grid["grid"]["blocks"].as_object().map(|b| b.len());

@@ -24,8 +24,11 @@ pub const WRITE_DEADLINE: Duration = Duration::from_secs(8);
 pub const READ_DEADLINE: Duration = Duration::from_secs(5);
 /// The pause between two attempts.
 const RETRY: Duration = Duration::from_millis(100);
-/// How long one forwarded request may take.
-const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one forwarded write may take before it is tried again (same idempotency key):
+/// short, so a leader that vanished mid-request costs one retry, not the whole deadline.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a forwarded admission may take (the leader waits for Raft to list the joiner).
+const ADMIT_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long asking a peer who leads may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How recently a voter must have been heard from to count as reachable.
@@ -202,6 +205,19 @@ impl Cluster {
 
     /// Send `req` to the server with Raft id `peer` on the Control lane.
     pub async fn call(&self, peer: u64, req: &ControlRequest) -> Result<ControlAnswer, String> {
+        let limit = match req {
+            ControlRequest::Admit { .. } => ADMIT_TIMEOUT,
+            _ => FORWARD_TIMEOUT,
+        };
+        self.call_within(peer, req, limit).await
+    }
+
+    async fn call_within(
+        &self,
+        peer: u64,
+        req: &ControlRequest,
+        limit: Duration,
+    ) -> Result<ControlAnswer, String> {
         let addr = self
             .peers
             .get(peer)
@@ -221,9 +237,9 @@ impl Cluster {
             let answer = conn.call(&bytes).await.map_err(|e| e.to_string())?;
             Ok::<_, String>((conn, answer))
         };
-        let (conn, answer) = tokio::time::timeout(FORWARD_TIMEOUT, fut)
+        let (conn, answer) = tokio::time::timeout(limit, fut)
             .await
-            .map_err(|_| format!("no answer from {addr} in {FORWARD_TIMEOUT:?}"))??;
+            .map_err(|_| format!("no answer from {addr} in {limit:?}"))??;
         lock(&self.control).insert(peer, conn);
         codec::decode(&answer).map_err(|e| e.to_string())
     }
@@ -352,11 +368,10 @@ impl Cluster {
             .into_keys()
             .filter(|&id| id != self.raft_id)
             .map(|id| async move {
-                let asked =
-                    tokio::time::timeout(PROBE_TIMEOUT, self.call(id, &ControlRequest::Progress));
+                let asked = self.call_within(id, &ControlRequest::Progress, PROBE_TIMEOUT);
                 match asked.await {
-                    Ok(Ok(ControlAnswer::Progress(_))) => Some(id),
-                    Ok(Ok(ControlAnswer::NotLeader { leader })) => leader,
+                    Ok(ControlAnswer::Progress(_)) => Some(id),
+                    Ok(ControlAnswer::NotLeader { leader }) => leader,
                     _ => None,
                 }
             });
