@@ -31,6 +31,7 @@ pub mod grid;
 pub mod health;
 pub mod hosts;
 pub mod images;
+pub mod launch;
 pub mod pki;
 pub mod reconcile;
 pub mod router;

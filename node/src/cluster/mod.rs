@@ -51,13 +51,15 @@
 //! # Left out
 //!
 //! Replacing a dead voter that is still a member (the self-healing quorum gossip will drive);
-//! resizing a server's block when its memory changes; stacks' own commands (the deploy issue
-//! adds them, at the end of [`Command`]); the read-only on-disk mirror of the state.
+//! resizing a server's block when its memory changes; the read-only on-disk mirror of the
+//! state. Stacks' commands (deploy, scale, retire, enable/disable, in `stacks.rs`) are
+//! computed by [`crate::launch`] and only checked and recorded here.
 
 mod control;
 mod machine;
 pub mod membership;
 mod node;
+mod stacks;
 mod state;
 mod tasks;
 pub mod transport;
@@ -70,8 +72,9 @@ pub use control::{ControlAnswer, ControlRequest, ControlService, LeaderView, Pee
 pub use machine::{ClusterMachine, ServerMap};
 pub use node::{Cluster, ClusterError, READ_DEADLINE, WRITE_DEADLINE};
 pub use state::{
-    check_env_key, check_server_name, default_grid_options, ClusterState, Command, GridOp,
-    GridResult, Outcome, Refusal, RouteTarget, ServerRecord, StackRecord, FOUNDER_RAFT_ID,
+    check_env_key, check_server_name, check_stack_name, default_grid_options, ClusterState,
+    Command, GridOp, GridResult, Outcome, Refusal, RouteTarget, ServerRecord, StackChange,
+    StackRecord, FOUNDER_RAFT_ID,
 };
 pub use tasks::{
     address_book, follow_servers, grid_ops_for, keep_record, read_env_dir, read_peers, reconcile,
