@@ -55,6 +55,9 @@ struct Flags {
     /// The gossip port.
     #[arg(long, global = true)]
     gossip_port: Option<u16>,
+    /// The Docker engine's socket.
+    #[arg(long, global = true)]
+    docker_socket: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -103,6 +106,9 @@ fn config(f: &Flags) -> anyhow::Result<Config> {
     }
     if let Some(v) = f.gossip_port {
         c.gossip_port = v;
+    }
+    if let Some(v) = &f.docker_socket {
+        c.paths.docker_socket = v.clone();
     }
     c.check()
         .map_err(|e| anyhow::anyhow!("{}: {e}", f.config.display()))?;

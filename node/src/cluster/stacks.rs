@@ -97,7 +97,7 @@ impl ClusterState {
                 current: self.grid.version(),
             });
         }
-        for (domain, _) in &change.routes {
+        for domain in change.routes.keys() {
             if let Some(t) = self.routes.get(domain) {
                 if t.stack != change.stack {
                     return Err(Refusal::Invalid(format!(
