@@ -72,6 +72,33 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     Ok(value)
 }
 
+/// `#[serde(with = "codec::bytes")]` for a `Vec<u8>`: one bulk copy instead of a sequence of
+/// single bytes. The bincode encoding is the same (a varint length, then the bytes).
+pub mod bytes {
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(v)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Vec<u8>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("bytes")
+            }
+            fn visit_bytes<E>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+                Ok(v.to_vec())
+            }
+            fn visit_byte_buf<E>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+                Ok(v)
+            }
+        }
+        d.deserialize_byte_buf(V)
+    }
+}
+
 /// Protobuf bytes of a raft record (entries, hard state, messages...).
 pub fn encode_pb<M: protobuf::Message>(m: &M) -> Result<Vec<u8>, CodecError> {
     Ok(m.write_to_bytes()?)
@@ -130,6 +157,17 @@ mod tests {
             Err(CodecError::UnknownFormat { found: 9 })
         ));
         assert!(decode::<(u64, String)>(&bytes[..bytes.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn bulk_bytes_encode_like_a_sequence_of_bytes() {
+        #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+        struct Bulk(#[serde(with = "super::bytes")] Vec<u8>);
+        let v: Vec<u8> = (0..1000u32).map(|i| (i % 251) as u8).collect();
+        let bulk = encode(&Bulk(v.clone())).unwrap();
+        assert_eq!(bulk, encode(&v).unwrap());
+        assert_eq!(decode::<Bulk>(&bulk).unwrap(), Bulk(v.clone()));
+        assert_eq!(decode::<Vec<u8>>(&bulk).unwrap(), v);
     }
 
     #[test]

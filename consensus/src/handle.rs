@@ -26,6 +26,9 @@ pub(crate) enum Request<S: StateMachine> {
     Status {
         reply: oneshot::Sender<Status>,
     },
+    Stats {
+        reply: oneshot::Sender<Stats>,
+    },
     ChangeMembership {
         changes: Vec<MemberChange>,
         reply: oneshot::Sender<Result<Membership, ClientError>>,
@@ -85,6 +88,15 @@ pub struct Status {
     /// Replication progress by node id (this node included); only on the leader, empty
     /// elsewhere.
     pub progress: BTreeMap<u64, PeerProgress>,
+}
+
+/// Counters of a node's storage since it started: how well writes are batched.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    /// Fsynced write transactions.
+    pub writes: u64,
+    /// Log entries written (by those transactions).
+    pub entries: u64,
 }
 
 /// A cheap, cloneable handle on a running node.
@@ -205,6 +217,16 @@ impl<S: StateMachine> Handle<S> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Request::Status { reply })
+            .await
+            .map_err(|_| ClientError::Stopped)?;
+        rx.await.map_err(|_| ClientError::Stopped)
+    }
+
+    /// The node's storage counters.
+    pub async fn stats(&self) -> Result<Stats, ClientError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Request::Stats { reply })
             .await
             .map_err(|_| ClientError::Stopped)?;
         rx.await.map_err(|_| ClientError::Stopped)

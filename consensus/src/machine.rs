@@ -72,12 +72,14 @@ struct Session {
 #[derive(Serialize)]
 struct SnapshotOut<'a> {
     sessions: &'a BTreeMap<u64, Session>,
+    #[serde(with = "codec::bytes")]
     machine: Vec<u8>,
 }
 
 #[derive(Deserialize)]
 struct SnapshotIn {
     sessions: BTreeMap<u64, Session>,
+    #[serde(with = "codec::bytes")]
     machine: Vec<u8>,
 }
 

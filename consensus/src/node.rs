@@ -16,10 +16,10 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::codec;
-use crate::handle::{Handle, Membership, PeerProgress, ReadFn, Request, Role, Status};
+use crate::handle::{Handle, Membership, PeerProgress, ReadFn, Request, Role, Stats, Status};
 use crate::machine::{Replica, StateMachine};
 use crate::membership;
-use crate::storage::{RedbStorage, StorageOptions};
+use crate::storage::{RedbStorage, StorageOptions, StoreError};
 use crate::transport::{Inbound, Transport};
 use crate::{ClientError, NodeError};
 
@@ -114,6 +114,10 @@ pub type NodeTask = JoinHandle<Result<(), NodeError>>;
 /// Starts a node: opens (or creates) its storage, restores its state machine from the latest
 /// snapshot, and spawns its owner task on the current tokio runtime. Messages for the node
 /// must be delivered to the sender of `inbox` (see [`crate::transport::inbox`]).
+///
+/// After the owner task of a node was aborted, its last storage commit may still be finishing
+/// on the blocking pool for a moment: starting it again at once may fail with redb's
+/// `DatabaseAlreadyOpen`; retry shortly.
 pub fn start<S: StateMachine, T: Transport>(
     cfg: NodeConfig,
     machine: S,
@@ -198,6 +202,23 @@ struct Runner<S: StateMachine, T> {
     next_read: u64,
 }
 
+/// Runs a blocking write (an fsync). On a multi-threaded runtime the worker hands its other
+/// tasks to another thread meanwhile, so the node's transport and the other tasks keep
+/// running while the disk works; on a current-thread runtime (the tests' paused clock) it
+/// just runs.
+fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    if multi_thread() {
+        tokio::task::block_in_place(f)
+    } else {
+        f()
+    }
+}
+
+fn multi_thread() -> bool {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread)
+}
+
 /// How many queued messages or requests one wake-up takes before handling `Ready`.
 const BATCH: usize = 256;
 
@@ -235,7 +256,7 @@ impl<S: StateMachine, T: Transport> Runner<S, T> {
                     }
                 }
             }
-            self.handle_ready()?;
+            self.handle_ready().await?;
             self.check_transfer();
         }
         self.raw.mut_store().flush()?;
@@ -312,6 +333,10 @@ impl<S: StateMachine, T: Transport> Runner<S, T> {
             },
             Request::Status { reply } => {
                 let _ = reply.send(self.status());
+            }
+            Request::Stats { reply } => {
+                let (writes, entries) = self.raw.store().write_stats();
+                let _ = reply.send(Stats { writes, entries });
             }
             Request::ChangeMembership { changes, reply } => {
                 let r = self.propose_membership(&changes);
@@ -477,32 +502,39 @@ impl<S: StateMachine, T: Transport> Runner<S, T> {
 
     /// Handles `Ready`s until raft-rs has nothing more (bounded: a busy node still gets back
     /// to its tick and inbox).
-    fn handle_ready(&mut self) -> Result<(), NodeError> {
+    async fn handle_ready(&mut self) -> Result<(), NodeError> {
         self.maybe_leave_joint();
         for _ in 0..4 {
             if !self.raw.has_ready() {
                 break;
             }
-            self.handle_one_ready()?;
+            self.handle_one_ready().await?;
         }
         Ok(())
     }
 
     /// Handles one `Ready` in raft-rs's documented order; see the crate docs.
-    fn handle_one_ready(&mut self) -> Result<(), NodeError> {
+    async fn handle_one_ready(&mut self) -> Result<(), NodeError> {
         let mut rd = self.raw.ready();
         let soft = rd.ss().map(|ss| (ss.leader_id, ss.raft_state));
 
         // 1. A leader's messages may leave before its own write (Raft thesis §10.2.1).
         self.send(rd.take_messages());
 
-        // 2. Snapshot, entries, hard state: one atomic, fsynced write.
+        // 2. Snapshot, entries, hard state: one atomic, fsynced write. A hard state whose
+        //    only change is the commit index promises nothing to anyone: it waits in memory
+        //    for the next write (see the storage docs), which saves an fsync per commit.
         let snapshot = (!rd.snapshot().is_empty()).then(|| rd.snapshot().clone());
-        if snapshot.is_some() || !rd.entries().is_empty() || rd.hs().is_some() {
-            let hs = rd.hs().cloned();
-            self.raw
-                .mut_store()
-                .persist_ready(snapshot.as_ref(), rd.entries(), hs.as_ref())?;
+        let hs = rd.hs().cloned();
+        let old = self.raw.store().hard_state();
+        let vote_or_term = hs
+            .as_ref()
+            .is_some_and(|h| h.term != old.term || h.vote != old.vote);
+        if snapshot.is_some() || !rd.entries().is_empty() || vote_or_term {
+            self.persist(snapshot.as_ref(), rd.entries(), hs.as_ref())
+                .await?;
+        } else if let Some(h) = hs {
+            self.raw.mut_store().set_commit(h.commit);
         }
 
         // 3. Apply the snapshot, then the committed entries (durable by construction).
@@ -538,6 +570,31 @@ impl<S: StateMachine, T: Transport> Runner<S, T> {
         }
         self.serve_reads();
         self.maybe_compact()
+    }
+
+    /// Persists a `Ready` (see [`RedbStorage::persist_ready`]). On a multi-threaded runtime the
+    /// commit's fsync runs on the blocking pool while this task waits, so the worker thread
+    /// meanwhile runs the transport's writers (the appends just handed over leave at once) and
+    /// the other nodes' tasks.
+    async fn persist(
+        &mut self,
+        snapshot: Option<&raft::eraftpb::Snapshot>,
+        entries: &[Entry],
+        hs: Option<&raft::eraftpb::HardState>,
+    ) -> Result<(), NodeError> {
+        let store = self.raw.mut_store();
+        if !multi_thread() || self.cfg.storage.unsafe_hard_state_first {
+            return Ok(store.persist_ready(snapshot, entries, hs)?);
+        }
+        let w = store.begin_ready(snapshot, entries, hs)?;
+        let w = tokio::task::spawn_blocking(move || w.commit())
+            .await
+            .map_err(|e| {
+                StoreError::Engine(redb::Error::Io(std::io::Error::other(format!(
+                    "the storage commit did not finish: {e}"
+                ))))
+            })?;
+        Ok(self.raw.mut_store().end_ready(w)?)
     }
 
     fn send(&self, msgs: Vec<raft::eraftpb::Message>) {
@@ -700,7 +757,8 @@ impl<S: StateMachine, T: Transport> Runner<S, T> {
         }
         let data = self.replica.snapshot()?;
         let cs = self.raw.raft.prs().conf().to_conf_state();
-        self.raw.mut_store().compact(applied, cs, data)?;
+        let store = self.raw.mut_store();
+        blocking(|| store.compact(applied, cs, data))?;
         Ok(())
     }
 }

@@ -2,10 +2,12 @@
 //!
 //! # Layout
 //!
-//! One redb file, two tables. `entries` maps a log index to the protobuf bytes of that entry.
-//! `meta` holds the hard state (term, vote, commit), the metadata of the latest snapshot (its
-//! index, term and `ConfState`), the snapshot's data, the applied index, and the configuration
-//! of the latest applied conf change with its index ([`RedbStorage::set_conf_state`]).
+//! One redb file, three tables. `entries` maps a log index to the protobuf bytes of that
+//! entry. `meta` holds the hard state (term, vote, commit), the metadata of the latest
+//! snapshot (its index, term and `ConfState`), the applied index, and the configuration of
+//! the latest applied conf change with its index ([`RedbStorage::set_conf_state`]).
+//! `snapshot` holds the snapshot's data alone, so that the hard-state write of every `Ready`
+//! never copies the page of a big value.
 //!
 //! A founding member's storage starts with a snapshot at [`BOOTSTRAP_INDEX`]
 //! ([`RedbStorage::bootstrap`]); a joiner's (opened with no voters) starts empty, at 0.
@@ -23,8 +25,10 @@
 //!    restores the state machine from the snapshot and replays the committed entries after
 //!    it, skipping the conf changes at or below that index.
 //!
-//! The commit index learnt from a `LightReady` and the applied index are kept in memory and
-//! written with the next write (or by [`RedbStorage::flush`]). Losing them in a crash is safe:
+//! The commit index (learnt from a `LightReady`, or from a `Ready` whose hard state moved
+//! only the commit index) and the applied index are kept in memory and written with the next
+//! write of the hard state (a term or vote change, a snapshot, a compaction, a conf change) or
+//! by [`RedbStorage::flush`]; an append of entries alone writes only the `entries` table. Losing them in a crash is safe:
 //! a restarted node re-learns its commit index from the leader and re-applies from its snapshot.
 //!
 //! # Fault injection
@@ -35,8 +39,8 @@
 //! transaction before the entries); it exists so the crash tests can show they catch it.
 //!
 //! Left out: an in-memory entry cache (each read opens a read transaction; terms are cached),
-//! and snapshot data larger than memory (the snapshot is one value; chunked streaming is the
-//! network issue's work).
+//! and snapshot data larger than memory (the snapshot is one value; the TCP transport streams
+//! it in chunks).
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -52,6 +56,9 @@ use crate::codec::{self, CodecError};
 
 const ENTRIES: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("entries");
 const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta");
+/// The snapshot's data, alone in its table: a write of the (small) hard state must never
+/// rewrite the page that holds a big value.
+const SNAPSHOT: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("snapshot");
 const K_HARD_STATE: &str = "hard_state";
 const K_SNAP_META: &str = "snapshot_meta";
 const K_SNAP_DATA: &str = "snapshot_data";
@@ -163,6 +170,9 @@ pub struct RedbStorage {
     dirty: bool,
     opts: StorageOptions,
     seq: u64,
+    /// Committed (fsynced) write transactions, and entries written, since open.
+    writes: u64,
+    entries_written: u64,
 }
 
 impl fmt::Debug for RedbStorage {
@@ -176,6 +186,37 @@ impl fmt::Debug for RedbStorage {
     }
 }
 
+/// A `Ready`'s write transaction, prepared by [`RedbStorage::begin_ready`].
+pub struct ReadyWrite {
+    txn: Option<redb::WriteTransaction>,
+    result: Result<(), StoreError>,
+    point: WritePoint,
+    snapshot: Option<SnapshotMetadata>,
+    first: Option<u64>,
+    terms: Vec<u64>,
+    new_hs: HardState,
+    hs_written: bool,
+}
+
+impl fmt::Debug for ReadyWrite {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReadyWrite")
+            .field("committed", &self.txn.is_none())
+            .field("entries", &self.point.entries)
+            .finish()
+    }
+}
+
+impl ReadyWrite {
+    /// Commits (and fsyncs) the transaction: the blocking part, which may run on any thread.
+    pub fn commit(mut self) -> Self {
+        if let Some(txn) = self.txn.take() {
+            self.result = txn.commit().map_err(engine);
+        }
+        self
+    }
+}
+
 impl RedbStorage {
     /// Opens (or creates, with `voters` as the first configuration) the storage at `path`,
     /// checking the invariants of the module docs.
@@ -184,6 +225,7 @@ impl RedbStorage {
         let txn = db.begin_write().map_err(engine)?;
         {
             txn.open_table(ENTRIES).map_err(engine)?;
+            let mut snap = txn.open_table(SNAPSHOT).map_err(engine)?;
             let mut meta = txn.open_table(META).map_err(engine)?;
             if meta.get(K_SNAP_META).map_err(engine)?.is_none() {
                 let mut sm = SnapshotMetadata::default();
@@ -192,7 +234,7 @@ impl RedbStorage {
                 let hsb = codec::encode_pb(&HardState::default())?;
                 meta.insert(K_SNAP_META, smb.as_slice()).map_err(engine)?;
                 meta.insert(K_HARD_STATE, hsb.as_slice()).map_err(engine)?;
-                meta.insert(K_SNAP_DATA, &[][..]).map_err(engine)?;
+                snap.insert(K_SNAP_DATA, &[][..]).map_err(engine)?;
             }
         }
         txn.commit().map_err(engine)?;
@@ -249,6 +291,8 @@ impl RedbStorage {
             dirty: false,
             opts,
             seq: 0,
+            writes: 0,
+            entries_written: 0,
         };
         if store.hs.commit > store.last() {
             return Err(corrupt(format!(
@@ -362,6 +406,7 @@ impl RedbStorage {
         self.write_hard_state(&txn, &self.hs)?;
         self.crash(point.clone(), CrashStage::BeforeCommit)?;
         txn.commit().map_err(engine)?;
+        self.writes += 1;
         self.conf = Some((index, cs));
         self.dirty = false;
         self.crash(point, CrashStage::AfterCommit)
@@ -372,11 +417,16 @@ impl RedbStorage {
         self.snapshot_wanted.swap(false, Ordering::Relaxed)
     }
 
+    /// (fsynced write transactions, log entries written) since the storage was opened.
+    pub fn write_stats(&self) -> (u64, u64) {
+        (self.writes, self.entries_written)
+    }
+
     /// The latest snapshot, data included.
     pub fn load_snapshot(&self) -> Result<Snapshot, StoreError> {
         let read = self.db.begin_read().map_err(engine)?;
-        let meta = read.open_table(META).map_err(engine)?;
-        let data = meta
+        let table = read.open_table(SNAPSHOT).map_err(engine)?;
+        let data = table
             .get(K_SNAP_DATA)
             .map_err(engine)?
             .map(|v| v.value().to_vec())
@@ -422,6 +472,73 @@ impl RedbStorage {
         entries: &[Entry],
         hs: Option<&HardState>,
     ) -> Result<(), StoreError> {
+        if self.opts.unsafe_hard_state_first {
+            return self.persist_ready_hard_state_first(snapshot, entries, hs);
+        }
+        let w = self.begin_ready(snapshot, entries, hs)?.commit();
+        self.end_ready(w)
+    }
+
+    /// The first half of [`RedbStorage::persist_ready`]: checks the write and prepares its
+    /// transaction. [`ReadyWrite::commit`] (the fsync; it may run on another thread) and
+    /// [`RedbStorage::end_ready`] complete it; nothing else may touch the storage meanwhile.
+    ///
+    /// The hard state is written when its term or vote changed or with a snapshot; a commit
+    /// index that alone moved waits for the next such write (see the module docs), so an
+    /// ordinary append touches the `entries` table only.
+    pub fn begin_ready(
+        &mut self,
+        snapshot: Option<&Snapshot>,
+        entries: &[Entry],
+        hs: Option<&HardState>,
+    ) -> Result<ReadyWrite, StoreError> {
+        if self.opts.unsafe_hard_state_first {
+            return Err(StoreError::Corrupt {
+                path: self.path.clone(),
+                what: "begin_ready does not do the unsafe hard-state-first write".into(),
+            });
+        }
+        let (point, new_hs) = self.check_ready(snapshot, entries, hs)?;
+        let hs_due = snapshot.is_some()
+            || new_hs.term != self.hs.term
+            || new_hs.vote != self.hs.vote
+            || entries.is_empty();
+        let txn = self.db.begin_write().map_err(engine)?;
+        self.write_log(&txn, snapshot, entries)?;
+        if hs_due {
+            self.write_hard_state(&txn, &new_hs)?;
+        }
+        self.crash(point.clone(), CrashStage::BeforeCommit)?;
+        Ok(ReadyWrite {
+            txn: Some(txn),
+            result: Ok(()),
+            point,
+            snapshot: snapshot.map(|s| s.get_metadata().clone()),
+            first: entries.first().map(|e| e.index),
+            terms: entries.iter().map(|e| e.term).collect(),
+            new_hs,
+            hs_written: hs_due,
+        })
+    }
+
+    /// Completes a write begun by [`RedbStorage::begin_ready`] once it was committed.
+    pub fn end_ready(&mut self, mut w: ReadyWrite) -> Result<(), StoreError> {
+        if w.txn.is_some() {
+            w = w.commit();
+        }
+        w.result?;
+        self.writes += 1;
+        self.applied_write(w.snapshot, w.first, w.terms, w.new_hs, w.hs_written);
+        self.crash(w.point, CrashStage::AfterCommit)
+    }
+
+    /// Checks a `Ready`'s write; its crash point and the hard state it leads to.
+    fn check_ready(
+        &mut self,
+        snapshot: Option<&Snapshot>,
+        entries: &[Entry],
+        hs: Option<&HardState>,
+    ) -> Result<(WritePoint, HardState), StoreError> {
         self.seq += 1;
         if let Some(e) = entries.first() {
             let floor = snapshot.map_or(self.first(), |s| s.get_metadata().index + 1);
@@ -452,24 +569,20 @@ impl RedbStorage {
             commit: new_hs.commit,
             last_index_before: self.last(),
         };
-        if self.opts.unsafe_hard_state_first {
-            let txn = self.db.begin_write().map_err(engine)?;
-            self.write_hard_state(&txn, &new_hs)?;
-            txn.commit().map_err(engine)?;
-            self.crash(point.clone(), CrashStage::Between)?;
-            let txn = self.db.begin_write().map_err(engine)?;
-            self.write_log(&txn, snapshot, entries)?;
-            self.crash(point.clone(), CrashStage::BeforeCommit)?;
-            txn.commit().map_err(engine)?;
-        } else {
-            let txn = self.db.begin_write().map_err(engine)?;
-            self.write_log(&txn, snapshot, entries)?;
-            self.write_hard_state(&txn, &new_hs)?;
-            self.crash(point.clone(), CrashStage::BeforeCommit)?;
-            txn.commit().map_err(engine)?;
-        }
-        if let Some(s) = snapshot {
-            self.snap_meta = s.get_metadata().clone();
+        Ok((point, new_hs))
+    }
+
+    /// Updates the in-memory view after a committed `Ready` write.
+    fn applied_write(
+        &mut self,
+        snapshot: Option<SnapshotMetadata>,
+        first: Option<u64>,
+        terms: Vec<u64>,
+        new_hs: HardState,
+        hs_written: bool,
+    ) {
+        if let Some(m) = snapshot {
+            self.snap_meta = m;
             self.terms.clear();
             if self
                 .conf
@@ -479,13 +592,43 @@ impl RedbStorage {
                 self.conf = None;
             }
         }
-        if let Some(e) = entries.first() {
-            let keep = (e.index - self.first()) as usize;
+        self.entries_written += terms.len() as u64;
+        if let Some(first) = first {
+            let keep = (first - self.first()) as usize;
             self.terms.truncate(keep);
-            self.terms.extend(entries.iter().map(|e| e.term));
+            self.terms.extend(terms);
+        }
+        if hs_written {
+            self.dirty = false;
+        } else if new_hs.commit != self.hs.commit {
+            self.dirty = true;
         }
         self.hs = new_hs;
-        self.dirty = false;
+    }
+
+    /// BROKEN ON PURPOSE (the crash tests' negative control): the hard state in its own
+    /// transaction before the entries.
+    fn persist_ready_hard_state_first(
+        &mut self,
+        snapshot: Option<&Snapshot>,
+        entries: &[Entry],
+        hs: Option<&HardState>,
+    ) -> Result<(), StoreError> {
+        let (point, new_hs) = self.check_ready(snapshot, entries, hs)?;
+        let txn = self.db.begin_write().map_err(engine)?;
+        self.write_hard_state(&txn, &new_hs)?;
+        txn.commit().map_err(engine)?;
+        self.writes += 1;
+        self.crash(point.clone(), CrashStage::Between)?;
+        let txn = self.db.begin_write().map_err(engine)?;
+        self.write_log(&txn, snapshot, entries)?;
+        self.crash(point.clone(), CrashStage::BeforeCommit)?;
+        txn.commit().map_err(engine)?;
+        self.writes += 1;
+        let first = entries.first().map(|e| e.index);
+        let terms = entries.iter().map(|e| e.term).collect();
+        let snap = snapshot.map(|s| s.get_metadata().clone());
+        self.applied_write(snap, first, terms, new_hs, true);
         self.crash(point, CrashStage::AfterCommit)
     }
 
@@ -514,7 +657,8 @@ impl RedbStorage {
             let mut meta = txn.open_table(META).map_err(engine)?;
             let smb = codec::encode_pb(s.get_metadata())?;
             meta.insert(K_SNAP_META, smb.as_slice()).map_err(engine)?;
-            meta.insert(K_SNAP_DATA, &s.data[..]).map_err(engine)?;
+            let mut snap = txn.open_table(SNAPSHOT).map_err(engine)?;
+            snap.insert(K_SNAP_DATA, &s.data[..]).map_err(engine)?;
         }
         if let Some(first) = entries.first() {
             table
@@ -547,6 +691,7 @@ impl RedbStorage {
         self.write_hard_state(&txn, &self.hs)?;
         self.crash(point.clone(), CrashStage::BeforeCommit)?;
         txn.commit().map_err(engine)?;
+        self.writes += 1;
         self.dirty = false;
         self.crash(point, CrashStage::AfterCommit)
     }
@@ -594,13 +739,15 @@ impl RedbStorage {
             let mut m = txn.open_table(META).map_err(engine)?;
             let smb = codec::encode_pb(&meta)?;
             m.insert(K_SNAP_META, smb.as_slice()).map_err(engine)?;
-            m.insert(K_SNAP_DATA, data.as_slice()).map_err(engine)?;
+            let mut snap = txn.open_table(SNAPSHOT).map_err(engine)?;
+            snap.insert(K_SNAP_DATA, data.as_slice()).map_err(engine)?;
             let mut t = txn.open_table(ENTRIES).map_err(engine)?;
             t.retain_in(..=index, |_, _| false).map_err(engine)?;
         }
         self.write_hard_state(&txn, &self.hs)?;
         self.crash(point.clone(), CrashStage::BeforeCommit)?;
         txn.commit().map_err(engine)?;
+        self.writes += 1;
         let drop_n = (index - self.snap_meta.index) as usize;
         self.terms.drain(..drop_n);
         self.snap_meta = meta;

@@ -318,3 +318,35 @@ async fn isolated_follower_does_not_disrupt_the_leader_on_return_with_pre_vote()
     assert_eq!(after, leader, "the returning follower deposed the leader");
     assert_eq!(c.handle(leader).status().await.unwrap().term, term);
 }
+
+#[tokio::test(start_paused = true)]
+async fn concurrent_proposals_share_fsynced_writes() {
+    let c = Cluster::new(3, 12);
+    let leader = c.wait_for_leader(SECS(10)).await;
+    let h = c.handle(leader);
+    let before = h.stats().await.unwrap();
+    let mut tasks = tokio::task::JoinSet::new();
+    for round in 0..4u64 {
+        for p in 0..64u64 {
+            let h = h.clone();
+            tasks.spawn(async move {
+                h.propose(KvCommand::Put {
+                    key: p,
+                    value: round,
+                })
+                .await
+            });
+        }
+        while let Some(r) = tasks.join_next().await {
+            r.unwrap().expect("proposal acknowledged");
+        }
+    }
+    let after = h.stats().await.unwrap();
+    let (writes, entries) = (after.writes - before.writes, after.entries - before.entries);
+    eprintln!("leader: {entries} entries in {writes} fsynced writes");
+    assert!(entries >= 256, "{entries} entries for 256 proposals");
+    assert!(
+        entries >= 16 * writes,
+        "256 concurrent proposals took {writes} writes ({entries} entries): not batched"
+    );
+}

@@ -369,3 +369,39 @@ async fn restart_after_a_membership_change_restores_the_configuration() {
         assert_eq!(c.local_map(id).await, want, "node {id}");
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn removed_node_that_missed_its_removal_does_not_disturb_the_cluster() {
+    let c = Cluster::new(3, 27);
+    let leader = c.wait_for_leader(SECS(10)).await;
+    let gone = others(leader, &[1, 2, 3])[0];
+    let stay = others(gone, &[1, 2, 3]);
+    c.put(1, 1, 1, 1).await.expect("write acknowledged");
+    // Cut off, it never hears of its removal.
+    c.net.isolate(gone);
+    let h = c.handle(leader);
+    assert_eq!(
+        h.change_membership(vec![Remove(gone)]).await,
+        Ok((stay.clone(), vec![]))
+    );
+    let term = h.status().await.unwrap().term;
+    c.net.heal();
+    // It still believes it is a voter and, hearing no leader, keeps trying to campaign.
+    tokio::time::sleep(c.config(gone).election_timeout() * 10).await;
+    let st = c.handle(gone).status().await.unwrap();
+    assert!(
+        st.voters.contains(&gone),
+        "it learnt of its removal: {st:?}"
+    );
+    assert_ne!(st.role, Role::Leader);
+    c.put(1, 2, 2, 2)
+        .await
+        .expect("write with the removed node around");
+    let now = h.status().await.unwrap();
+    assert_eq!(
+        (now.role, now.term),
+        (Role::Leader, term),
+        "the removed node disturbed the leader"
+    );
+    assert_eq!(c.wait_for_leader_among(&stay, SECS(10)).await, leader);
+}

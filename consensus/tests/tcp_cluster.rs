@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::KvCommand;
+use common::{pad_bytes, Kv, KvCommand};
 use quarry_consensus::{MemberChange, Role};
 use tcpnet::{put_via, LinkState, TcpCluster};
 use tokio::time::Instant;
@@ -91,7 +91,7 @@ async fn tcp_minority_partition_commits_nothing_and_heals_into_one_history() {
     let follower = if old == 1 { 2 } else { 1 };
     let minority = [old, follower];
     let majority: Vec<u64> = (1..=5).filter(|x| !minority.contains(x)).collect();
-    c.partition(&minority, &majority);
+    c.partition(&minority, &majority).await;
 
     let limit = c.config(old).election_timeout() * 2 + Duration::from_millis(500);
     let t0 = Instant::now();
@@ -163,9 +163,9 @@ async fn tcp_all_nodes_restarted_from_disk_keep_every_acknowledged_write() {
 }
 
 /// The log is compacted while a follower is down, so it can only catch up through the
-/// snapshot lane.
+/// snapshot lane; the snapshot (over 5 MiB) travels in several chunks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tcp_follower_behind_a_compacted_log_catches_up_by_snapshot() {
+async fn tcp_follower_behind_a_compacted_log_catches_up_by_a_chunked_snapshot() {
     let mut c = TcpCluster::new(3, 3).await;
     c.snapshot_every = 10;
     for id in 1..=3 {
@@ -174,13 +174,25 @@ async fn tcp_follower_behind_a_compacted_log_catches_up_by_snapshot() {
     let leader = c.wait_for_leader(SECS(10)).await;
     let behind = if leader == 1 { 2 } else { 1 };
     c.kill(behind).await;
-    for i in 0..60 {
+    let pad = 5 * quarry_consensus::tcp::SNAPSHOT_CHUNK as u64 + 4321;
+    c.handle(leader)
+        .propose(KvCommand::Pad { len: pad })
+        .await
+        .expect("pad acknowledged");
+    for i in 0..30 {
         c.put(i, i, SECS(10)).await.expect("write acknowledged");
     }
     c.start_node(behind).await;
-    c.wait_has(behind, &seq_map(0..60), SECS(20)).await;
-    let st = c.handle(behind).status().await.unwrap();
-    assert!(st.applied >= 60, "{st:?}");
+    c.wait_has(behind, &seq_map(0..30), SECS(20)).await;
+    let got = c
+        .handle(behind)
+        .read(move |kv: &Kv| kv.pad == pad_bytes(pad))
+        .await;
+    assert_eq!(
+        got,
+        Ok(true),
+        "the follower's pad differs from the leader's"
+    );
 }
 
 /// `n` founders and a joiner `n + 1`, under a steady load of 4 writers: the joiner is added

@@ -1,7 +1,7 @@
 //! A cluster of real quarryd processes, one per lab host: grown from 1 to 5 servers, each
-//! joining through a different member; the leader's host cut off and healed; every server
-//! crashed and restarted; then shrunk back to 1 with `quarry servers remove` (each removed
-//! server stopped once Raft has taken it out). At every size,
+//! joining through a different member; every server crashed and restarted; the leader's host
+//! cut off and healed; then shrunk back to 1 with `quarry servers remove`, the leader's own
+//! server first (each removed server stopped once Raft has taken it out). At every size,
 //! `quarry servers` on every running server lists all of them with the voter/learner split of
 //! the rule (1 voter for 1–2 servers, 3 for 3–4, 5 from 5 on).
 
@@ -130,6 +130,39 @@ fn a_cluster_grows_to_five_fails_over_restarts_and_shrinks_back() {
     cli.ok(hosts[3], &["env", "set", "BEFORE=cut"]);
     assert_eq!(env_of(&cli, hosts[1]).expect("env")["BEFORE"], "cut");
 
+    let before = env_of(&cli, hosts[1]).expect("env");
+    let before_restart = settled(&lab, &cli, &hosts, &names, long);
+    let grid_before = cli.json(hosts[0], &["grid"]).expect("grid")["grid"].clone();
+
+    // Crash every server and start them again: the state comes back from disk.
+    let restart_at = Instant::now();
+    for h in &hosts {
+        h.kill("quarryd").expect("kill");
+    }
+    for h in &hosts {
+        h.restart("quarryd").expect("restart");
+    }
+    let after_restart = settled(&lab, &cli, &hosts, &names, long);
+    for h in &hosts {
+        assert_eq!(env_of(&cli, h).expect("env"), before, "env on {}", h.name());
+    }
+    assert_eq!(
+        cli.json(hosts[4], &["grid"]).expect("grid")["grid"],
+        grid_before,
+        "the grid, version included, is back"
+    );
+    let raft_ids = |v: &Value| -> Vec<Value> {
+        v["servers"]
+            .as_array()
+            .map(|a| a.iter().map(|s| s["raft_id"].clone()).collect())
+            .unwrap_or_default()
+    };
+    assert_eq!(raft_ids(&after_restart), raft_ids(&before_restart));
+    report.push(format!(
+        "all 5 crashed and restarted -> settled {:.1}s",
+        secs(restart_at)
+    ));
+
     // Cut the leader's host off: a new leader within 3 s; writes through the others work.
     let old = leader_seen_by(&cli, hosts[0]).expect("a leader");
     let old_host = host_named(&lab, &old);
@@ -190,48 +223,31 @@ fn a_cluster_grows_to_five_fails_over_restarts_and_shrinks_back() {
         "healed {old} follows again after {:.1}s",
         secs(healed_at)
     ));
-    let before_restart = settled(&lab, &cli, &hosts, &names, long);
-    let grid_before = cli.json(hosts[0], &["grid"]).expect("grid")["grid"].clone();
+    settled(&lab, &cli, &hosts, &names, long);
 
-    // Crash every server and start them again: the state comes back from disk.
-    let restart_at = Instant::now();
-    for h in &hosts {
-        h.kill("quarryd").expect("kill");
-    }
-    for h in &hosts {
-        h.restart("quarryd").expect("restart");
-    }
-    let after_restart = settled(&lab, &cli, &hosts, &names, long);
-    for h in &hosts {
-        assert_eq!(env_of(&cli, h).expect("env"), during, "env on {}", h.name());
-    }
-    assert_eq!(
-        cli.json(hosts[4], &["grid"]).expect("grid")["grid"],
-        grid_before,
-        "the grid, version included, is back"
-    );
-    let raft_ids = |v: &Value| -> Vec<Value> {
-        v["servers"]
-            .as_array()
-            .map(|a| a.iter().map(|s| s["raft_id"].clone()).collect())
-            .unwrap_or_default()
-    };
-    assert_eq!(raft_ids(&after_restart), raft_ids(&before_restart));
-    report.push(format!(
-        "all 5 crashed and restarted -> settled {:.1}s",
-        secs(restart_at)
-    ));
-
-    // Shrink back to 1: remove h5, h4, h3, h2 (asking a different server each time); each
-    // removed server says so, and is then stopped; the voters follow the rule at every size.
-    for i in (1..5).rev() {
+    // Shrink back to 1: first the leader's own server (its leadership is handed over first),
+    // then the last one each time; asking another server each time. Each removed
+    // server says so and is then stopped; the voters follow the rule at every size.
+    let mut remaining: Vec<&Host> = hosts.clone();
+    let mut handed_over = 0;
+    while remaining.len() > 1 {
         let t = Instant::now();
-        let gone = hosts[i];
-        let ask = hosts[(5 - i) % i];
+        let leader = leader_seen_by(&cli, remaining[0]).expect("a leader");
+        let gone = if remaining.len() == hosts.len() {
+            host_named(&lab, &leader)
+        } else {
+            *remaining.last().expect("a server")
+        };
+        let ask = *remaining
+            .iter()
+            .find(|h| h.name() != gone.name() && h.name() != leader)
+            .unwrap_or(&remaining[0]);
         let out = cli.ok(ask, &["servers", "remove", &gone.name()]);
         assert!(out.contains("removed"), "{out}");
+        let removed_after = secs(t);
         names.retain(|n| *n != gone.name());
-        settled(&lab, &cli, &hosts[..i], &names, long);
+        remaining.retain(|h| h.name() != gone.name());
+        settled(&lab, &cli, &remaining, &names, long);
         let said = cli
             .json(gone, &["status"])
             .expect("status of the removed server");
@@ -243,15 +259,26 @@ fn a_cluster_grows_to_five_fails_over_restarts_and_shrinks_back() {
             "{said}"
         );
         gone.stop("quarryd").expect("stop the removed server");
+        let led = gone.name() == leader;
+        handed_over += usize::from(led);
         report.push(format!(
-            "removed {} -> settled {:.1}s",
+            "removed {}{} in {removed_after:.1}s -> settled {:.1}s",
             gone.name(),
+            if led {
+                " (the leader: handed over)"
+            } else {
+                ""
+            },
             secs(t)
         ));
     }
-    let last = cli.ok(hosts[0], &["status"]);
     assert!(
-        last.contains("voters   h1") && last.contains("learners -"),
+        handed_over >= 1,
+        "the cut made another server lead: {report:?}"
+    );
+    let last = cli.ok(remaining[0], &["status"]);
+    assert!(
+        last.contains(&format!("voters   {}", remaining[0].name())) && last.contains("learners -"),
         "{last}"
     );
     lab.close().expect("lab cleaned up");

@@ -18,6 +18,13 @@ use tokio::time::Instant;
 #[derive(Debug, Default, Clone)]
 pub struct Kv {
     pub map: BTreeMap<u64, u64>,
+    /// Bulk bytes that only make the snapshot big.
+    pub pad: Vec<u8>,
+}
+
+/// The deterministic bytes of a `Pad` of `len`.
+pub fn pad_bytes(len: u64) -> Vec<u8> {
+    (0..len).map(|i| (i * 31 % 251) as u8).collect()
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -26,6 +33,8 @@ pub enum KvCommand {
     Put { key: u64, value: u64 },
     /// Adds one to `key`; returns the new value.
     Incr { key: u64 },
+    /// Sets the pad to `pad_bytes(len)`; returns `len`.
+    Pad { len: u64 },
 }
 
 impl StateMachine for Kv {
@@ -40,15 +49,19 @@ impl StateMachine for Kv {
                 *v += 1;
                 Some(*v)
             }
+            KvCommand::Pad { len } => {
+                self.pad = pad_bytes(len);
+                Some(len)
+            }
         }
     }
 
     fn snapshot(&self) -> Result<Vec<u8>, MachineError> {
-        Ok(quarry_consensus::codec::encode(&self.map)?)
+        Ok(quarry_consensus::codec::encode(&(&self.map, &self.pad))?)
     }
 
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), MachineError> {
-        self.map = quarry_consensus::codec::decode(snapshot)?;
+        (self.map, self.pad) = quarry_consensus::codec::decode(snapshot)?;
         Ok(())
     }
 }

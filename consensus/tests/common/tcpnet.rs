@@ -6,8 +6,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
+use quarry_consensus::storage::{RedbStorage, StorageOptions, StoreError};
 use quarry_consensus::tcp::{serve, TcpConnector, TcpTransport};
 use quarry_consensus::{start, transport, ClientError, Handle, NodeConfig, NodeTask, Role};
 use tokio::io::AsyncReadExt;
@@ -32,23 +35,49 @@ pub enum LinkState {
 struct Link {
     addr: SocketAddr,
     up: watch::Sender<LinkState>,
+    /// Connections being forwarded right now.
+    forwarding: Arc<AtomicUsize>,
     task: JoinHandle<()>,
 }
 
-async fn run_link(listener: TcpListener, target: SocketAddr, up: watch::Receiver<LinkState>) {
+async fn run_link(
+    listener: TcpListener,
+    target: SocketAddr,
+    up: watch::Receiver<LinkState>,
+    forwarding: Arc<AtomicUsize>,
+) {
     loop {
         let Ok((conn, _)) = listener.accept().await else {
             return;
         };
         let _ = conn.set_nodelay(true);
-        tokio::spawn(carry(conn, target, up.clone()));
+        tokio::spawn(carry(conn, target, up.clone(), forwarding.clone()));
+    }
+}
+
+struct Counted(Arc<AtomicUsize>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
 /// Forwards one connection while the link is up; black-holes it while down. Any change of
 /// the link's state ends the connection (the sender reconnects and meets the new state).
-async fn carry(mut conn: TcpStream, target: SocketAddr, mut up: watch::Receiver<LinkState>) {
+async fn carry(
+    mut conn: TcpStream,
+    target: SocketAddr,
+    mut up: watch::Receiver<LinkState>,
+    forwarding: Arc<AtomicUsize>,
+) {
+    // Counted before the state is read, so a cut never misses a connection about to forward.
+    forwarding.fetch_add(1, Ordering::SeqCst);
+    let mut counted = Some(Counted(forwarding));
     let state = *up.borrow_and_update();
+    if state != LinkState::Up {
+        counted = None;
+    }
     match state {
         LinkState::Up => {}
         LinkState::BlackHole => {
@@ -64,6 +93,7 @@ async fn carry(mut conn: TcpStream, target: SocketAddr, mut up: watch::Receiver<
             return;
         }
     }
+    let _counted = counted;
     let Ok(mut out) = TcpStream::connect(target).await else {
         return;
     };
@@ -96,8 +126,7 @@ impl TcpCluster {
     pub async fn new(total: u64, founders: u64) -> Self {
         let mut addrs = HashMap::new();
         for id in 1..=total {
-            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            addrs.insert(id, l.local_addr().unwrap());
+            addrs.insert(id, node_addr().await);
         }
         let mut links = BTreeMap::new();
         for from in 1..=total {
@@ -108,8 +137,17 @@ impl TcpCluster {
                 let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
                 let addr = l.local_addr().unwrap();
                 let (up, rx) = watch::channel(LinkState::Up);
-                let task = tokio::spawn(run_link(l, addrs[&to], rx));
-                links.insert((from, to), Link { addr, up, task });
+                let forwarding = Arc::new(AtomicUsize::new(0));
+                let task = tokio::spawn(run_link(l, addrs[&to], rx, forwarding.clone()));
+                links.insert(
+                    (from, to),
+                    Link {
+                        addr,
+                        up,
+                        forwarding,
+                        task,
+                    },
+                );
             }
         }
         TcpCluster {
@@ -137,6 +175,20 @@ impl TcpCluster {
     /// Starts (or restarts from its disk) node `id`.
     pub async fn start_node(&mut self, id: u64) {
         let cfg = self.config(id);
+        // A killed node's last commit may still be finishing on the blocking pool, holding
+        // its file for a moment.
+        let path = cfg.data_dir.join("raft.redb");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while path.exists() {
+            match RedbStorage::open(&path, &cfg.voters, StorageOptions::default()) {
+                Err(StoreError::Engine(redb::Error::DatabaseAlreadyOpen))
+                    if Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(10)).await
+                }
+                _ => break,
+            }
+        }
         let listener = bind_retry(self.addrs[&id]).await;
         let book: HashMap<u64, SocketAddr> = self
             .links
@@ -183,12 +235,29 @@ impl TcpCluster {
             .collect()
     }
 
-    /// Cuts every link between the groups, both ways (black holes).
-    pub fn partition(&self, a: &[u64], b: &[u64]) {
-        for (&(from, to), l) in &self.links {
-            if (a.contains(&from) && b.contains(&to)) || (b.contains(&from) && a.contains(&to)) {
-                l.up.send_replace(LinkState::BlackHole);
-            }
+    /// Cuts every link between the groups, both ways (black holes); returns once no
+    /// connection across the cut is still being forwarded, so nothing sent afterwards crosses.
+    pub async fn partition(&self, a: &[u64], b: &[u64]) {
+        let cut: Vec<&Link> = self
+            .links
+            .iter()
+            .filter(|((from, to), _)| {
+                (a.contains(from) && b.contains(to)) || (b.contains(from) && a.contains(to))
+            })
+            .map(|(_, l)| l)
+            .collect();
+        for l in &cut {
+            l.up.send_replace(LinkState::BlackHole);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        // A connection accepted just before the cut may not have read the state yet: it is
+        // counted from its start, so waiting for zero covers it.
+        while cut.iter().any(|l| l.forwarding.load(Ordering::SeqCst) > 0) {
+            assert!(
+                Instant::now() < deadline,
+                "the proxies did not drop their connections"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
 
@@ -319,6 +388,24 @@ pub async fn put_via(
         }
     }
     Err(last)
+}
+
+/// A loopback address for a node: a port below the kernel's ephemeral range (so no outgoing
+/// connection takes it while the node is down) that no other test of this process uses.
+async fn node_addr() -> SocketAddr {
+    use rand::Rng;
+    static USED: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let port = rand::rng().random_range(10_000..32_000u16);
+        if !USED.lock().unwrap().insert(port) {
+            continue;
+        }
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        if TcpListener::bind(addr).await.is_ok() {
+            return addr;
+        }
+    }
 }
 
 pub async fn bind_retry(addr: SocketAddr) -> TcpListener {

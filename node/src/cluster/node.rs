@@ -22,6 +22,8 @@ use crate::rpc::{codec, Dialer, Lane};
 pub const WRITE_DEADLINE: Duration = Duration::from_secs(8);
 /// How long a read keeps trying.
 pub const READ_DEADLINE: Duration = Duration::from_secs(5);
+/// How long one read attempt may wait for its ReadIndex.
+const READ_ATTEMPT: Duration = Duration::from_secs(1);
 /// The pause between two attempts.
 const RETRY: Duration = Duration::from_millis(100);
 /// How long one forwarded write may take before it is tried again (same idempotency key):
@@ -348,11 +350,13 @@ impl Cluster {
         let deadline = Instant::now() + READ_DEADLINE;
         loop {
             let g = f.clone();
-            match self
-                .handle
-                .read(move |m: &ClusterMachine| g(&m.state))
+            let attempt = self.handle.read(move |m: &ClusterMachine| g(&m.state));
+            // A ReadIndex request lost with a leader change is never answered: give each
+            // attempt a short time, then ask again.
+            let r = tokio::time::timeout(READ_ATTEMPT, attempt)
                 .await
-            {
+                .unwrap_or(Err(ClientError::Timeout));
+            match r {
                 Ok(r) => return Ok(r),
                 Err(ClientError::Stopped) => return Err(ClusterError::Stopped),
                 Err(_) if Instant::now() >= deadline => {

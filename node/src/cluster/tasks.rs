@@ -282,7 +282,9 @@ pub async fn follow_servers(c: Arc<Cluster>, peers_file: PathBuf) {
             seen_self = true;
         } else if seen_self && !c.is_removed() {
             tracing::error!(
-                "this server was removed from the cluster (`quarry servers remove {me}`): stop                  quarryd here. To join again, clear its data and secrets directories and run                  `quarryd join`"
+                "this server was removed from the cluster (`quarry servers remove {me}`): stop \
+                 quarryd here. To join again, clear its data and secrets directories and run \
+                 `quarryd join`"
             );
             c.set_removed();
         }

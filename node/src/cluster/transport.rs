@@ -3,15 +3,17 @@
 //!
 //! ```text
 //!  Raft task --send(msg)--> RpcTransport --RaftLink (one per peer, bounded queue)--> peer
-//!                              \--MsgSnapshot: a connection of its own, fate reported back
+//!                              \--MsgSnapshot: a Bulk lane request, answered once delivered
 //!  peer --Raft lane--> RpcServer --RaftInbound{from: cert name, bytes}--> route() --> inbox
+//!  peer --Bulk lane--> RpcServer --SnapshotService (same checks)----------------> inbox
 //! ```
 //!
 //! Invariants:
 //! - `send` never blocks: each peer's link has a bounded queue ([`crate::rpc::client::RAFT_QUEUE`]);
 //!   a full queue drops the message and tells Raft the peer is unreachable, as does a failed
-//!   dial or write. Snapshots go on a connection of their own, one at a time per peer, so they
-//!   never sit in front of heartbeats, and their outcome is reported
+//!   dial or write. Snapshots go on the Bulk lane (DESIGN.md: large transfers never delay a
+//!   heartbeat), one at a time per peer, as a request the receiver answers once the snapshot
+//!   is in its node's inbox; that answer, or its absence, is the outcome Raft hears
 //!   ([`Inbound::SnapshotStatus`]).
 //! - Peer addresses come from the replicated server records ([`Peers::set`]); before a new
 //!   server has applied any, from the servers its admission named (the peers file).
@@ -29,8 +31,13 @@ use raft::eraftpb::{Message, MessageType};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use crate::rpc::server::RaftInbound;
-use crate::rpc::{Dialer, RaftLink};
+use crate::rpc::server::{BoxFuture, RaftInbound, RequestHandler};
+use crate::rpc::{Dialer, Lane, RaftLink, RpcError};
+
+/// The first byte of a Bulk lane request carrying a Raft snapshot message (protobuf after it).
+pub const BULK_RAFT_SNAPSHOT: u8 = 0;
+/// How long delivering one snapshot may take.
+pub const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Where a Raft peer is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -138,7 +145,16 @@ impl RpcTransport {
         let inbox = self.inbox.clone();
         let inflight = self.snapshots.clone();
         tokio::spawn(async move {
-            let r = dialer.raft_once(addr, &bytes).await;
+            let mut request = Vec::with_capacity(bytes.len() + 1);
+            request.push(BULK_RAFT_SNAPSHOT);
+            request.extend_from_slice(&bytes);
+            let delivered = async {
+                let mut lane = dialer.requests(addr, Lane::Bulk).await?;
+                lane.call(&request).await
+            };
+            let r = tokio::time::timeout(SNAPSHOT_TIMEOUT, delivered)
+                .await
+                .unwrap_or_else(|_| Err(RpcError::Remote("no answer within 60 s".to_owned())));
             if let Err(e) = &r {
                 tracing::info!(peer = to, %addr, "raft snapshot not delivered: {e}");
             }
@@ -202,6 +218,29 @@ impl Transport for RpcTransport {
     }
 }
 
+/// Decode a Raft message that arrived from the member named `from` (its certificate) and
+/// check it: the Raft id it claims must be that member's, and it must be for `me`.
+fn check(me: u64, peers: &Peers, from: &str, bytes: &[u8]) -> Result<Message, String> {
+    let msg = quarry_consensus::codec::decode_message(bytes)
+        .map_err(|e| format!("undecodable raft message from {from}: {e}"))?;
+    match peers.get(msg.from) {
+        Some(p) if p.name == from => {}
+        other => {
+            return Err(format!(
+                "raft message dropped: {from}'s certificate does not match raft id {} (known as \
+                 {:?})",
+                msg.from,
+                other.map(|p| p.name)
+            ))
+        }
+    }
+    if msg.to != me {
+        return Err(format!("raft message for node {} dropped", msg.to));
+    }
+    peers.heard(msg.from);
+    Ok(msg)
+}
+
 /// Deliver what the Raft lane receives to the node `me`'s inbox, checking each message's
 /// claimed sender against the certificate's member name. Runs until the lane's channel closes.
 pub async fn route(
@@ -211,33 +250,85 @@ pub async fn route(
     inbox: mpsc::Sender<Inbound>,
 ) {
     while let Some(m) = lane.recv().await {
-        let msg = match quarry_consensus::codec::decode_message(&m.bytes) {
-            Ok(msg) => msg,
-            Err(e) => {
-                tracing::warn!(peer = %m.from, "undecodable raft message dropped: {e}");
-                continue;
+        match check(me, &peers, &m.from, &m.bytes) {
+            Ok(msg) => {
+                if inbox.is_closed() {
+                    return;
+                }
+                let _ = inbox.try_send(Inbound::Message(msg));
             }
+            Err(e) => tracing::debug!("{e}"),
+        }
+    }
+}
+
+/// The Bulk lane's handler: Raft snapshots, checked like Raft lane messages, answered once
+/// they are in the node's inbox.
+#[derive(Debug)]
+pub struct SnapshotService {
+    me: u64,
+    peers: Arc<Peers>,
+    inbox: mpsc::Sender<Inbound>,
+}
+
+impl SnapshotService {
+    /// Deliver to node `me`'s `inbox`, checking senders against `peers`.
+    pub fn new(me: u64, peers: Arc<Peers>, inbox: mpsc::Sender<Inbound>) -> SnapshotService {
+        SnapshotService { me, peers, inbox }
+    }
+}
+
+impl RequestHandler for SnapshotService {
+    fn handle(&self, peer: String, request: Vec<u8>) -> BoxFuture<'_, Result<Vec<u8>, String>> {
+        Box::pin(async move {
+            match request.split_first() {
+                Some((&BULK_RAFT_SNAPSHOT, bytes)) => {
+                    let msg = check(self.me, &self.peers, &peer, bytes)?;
+                    self.inbox
+                        .send(Inbound::Message(msg))
+                        .await
+                        .map_err(|_| "this server's Raft has stopped".to_owned())?;
+                    Ok(Vec::new())
+                }
+                _ => Err("unknown bulk request".to_owned()),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn book() -> Arc<Peers> {
+        let p = |name: &str, port: u16| PeerAddr {
+            name: name.to_owned(),
+            addr: SocketAddr::from(([10, 0, 0, 1], port)),
         };
-        match peers.get(msg.from) {
-            Some(p) if p.name == m.from => {}
-            other => {
-                tracing::debug!(
-                    peer = %m.from,
-                    claimed = msg.from,
-                    known_as = ?other.map(|p| p.name),
-                    "raft message dropped: the sender's certificate does not match the raft id it claims"
-                );
-                continue;
-            }
-        }
-        if msg.to != me {
-            tracing::debug!(to = msg.to, "raft message for another node dropped");
-            continue;
-        }
-        peers.heard(msg.from);
-        if inbox.is_closed() {
-            return;
-        }
-        let _ = inbox.try_send(Inbound::Message(msg));
+        Peers::new(BTreeMap::from([(1, p("h1", 1)), (2, p("h2", 2))]))
+    }
+
+    fn message(from: u64, to: u64) -> Vec<u8> {
+        let mut m = Message::default();
+        m.set_msg_type(MessageType::MsgHeartbeat);
+        m.from = from;
+        m.to = to;
+        quarry_consensus::codec::encode_pb(&m).expect("encode")
+    }
+
+    #[test]
+    fn a_message_is_delivered_only_from_the_member_its_raft_id_belongs_to() {
+        let peers = book();
+        let msg = check(1, &peers, "h2", &message(2, 1)).expect("h2 speaks as 2");
+        assert_eq!((msg.from, msg.to), (2, 1));
+        assert!(peers.heard_within(2, Duration::from_secs(1)));
+        // h2's certificate claiming to be raft id 1 (h1), or an id nobody has: dropped.
+        let e = check(2, &peers, "h2", &message(1, 2)).expect_err("h2 posing as h1");
+        assert!(e.contains("does not match raft id 1"), "{e}");
+        assert!(check(1, &peers, "h2", &message(7, 1)).is_err());
+        // Not for this node, or not a message at all: dropped.
+        assert!(check(1, &peers, "h2", &message(2, 3)).is_err());
+        assert!(check(1, &peers, "h2", b"\xff\xff garbage").is_err());
+        assert!(!peers.heard_within(1, Duration::from_secs(1)));
     }
 }

@@ -366,6 +366,8 @@ pub async fn run(cfg: &Config) -> Result<Running, DaemonError> {
     ));
 
     let (lane_tx, lane_rx) = mpsc::channel(1024);
+    let snapshots =
+        cluster::transport::SnapshotService::new(node.raft_id, peers.clone(), inbox_tx.clone());
     let mut tasks = vec![tokio::spawn(cluster::transport::route(
         node.raft_id,
         lane_rx,
@@ -385,7 +387,7 @@ pub async fn run(cfg: &Config) -> Result<Running, DaemonError> {
             ControlService::new(cluster.clone())
                 .with_launch(Arc::new(launch::Handler(launch.clone()))),
         )),
-        bulk: Some(launch.bulk_handler()),
+        bulk: Some(launch.bulk_handler(Arc::new(snapshots))),
         join: Some(Arc::new(JoinService::new(
             ClusterCa::from_pem(&s.read("ca.pem")?, &s.read("ca.key")?)?,
             s.join_secret()?,

@@ -163,9 +163,13 @@ impl Launch {
         *self.engine.lock().await = None;
     }
 
-    /// The Bulk lane's handler: images into the local engine, sources into the store.
-    pub fn bulk_handler(self: &Arc<Self>) -> Arc<dyn RequestHandler> {
-        Arc::new(Bulk(self.clone()))
+    /// The Bulk lane's handler: images into the local engine, sources into the store, Raft
+    /// snapshots to `raft`.
+    pub fn bulk_handler(
+        self: &Arc<Self>,
+        raft: Arc<dyn RequestHandler>,
+    ) -> Arc<dyn RequestHandler> {
+        Arc::new(Bulk(self.clone(), raft))
     }
 
     async fn receiver(&self) -> Option<Arc<ImageReceiver>> {
@@ -310,7 +314,7 @@ impl RequestHandler for Handler {
     }
 }
 
-struct Bulk(Arc<Launch>);
+struct Bulk(Arc<Launch>, Arc<dyn RequestHandler>);
 
 impl RequestHandler for Bulk {
     fn handle(&self, peer: String, request: Vec<u8>) -> BoxFuture<'_, Result<Vec<u8>, String>> {
@@ -318,6 +322,7 @@ impl RequestHandler for Bulk {
             let handler = BulkHandler {
                 images: self.0.receiver().await,
                 sources: Some(self.0.sources.clone()),
+                raft: Some(self.1.clone()),
             };
             handler.handle(&peer, request).await
         })

@@ -129,28 +129,7 @@ impl Dialer {
     pub fn raft_link_reporting(&self, addr: SocketAddr, on_down: OnDown) -> RaftLink {
         RaftLink::spawn(addr, self.tls.clone(), Some(on_down))
     }
-
-    /// Open a Raft lane of its own to `addr`, write one message and close it; `Ok` once the
-    /// message was written and flushed. For the rare large message (a Raft snapshot) that
-    /// must not sit in front of heartbeats on the link, and whose fate the caller reports.
-    pub async fn raft_once(&self, addr: SocketAddr, bytes: &[u8]) -> Result<(), RpcError> {
-        let mut s = dial(addr, self.tls.clone(), Lane::Raft).await?;
-        tokio::time::timeout(ONCE_WRITE_TIMEOUT, codec::write_frame(&mut s, bytes))
-            .await
-            .map_err(|_| RpcError::Connect {
-                addr,
-                cause: std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "the message was not written within 30 s",
-                ),
-            })??;
-        let _ = tokio::io::AsyncWriteExt::shutdown(&mut s).await;
-        Ok(())
-    }
 }
-
-/// How long [`Dialer::raft_once`] may take to write its message.
-pub const ONCE_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Called by a [`RaftLink`] when a message was lost to a failed dial or write.
 pub type OnDown = Arc<dyn Fn() + Send + Sync>;

@@ -9,7 +9,8 @@
 //! ```
 //!
 //! Lanes: **Raft** (one-way opaque byte messages, the consensus transport sits on it),
-//! **Control** and **Bulk** (request/response with opaque bytes: forwards, status, images),
+//! **Control** and **Bulk** (request/response with opaque bytes: forwarded writes and
+//! admissions on Control; Raft snapshots, later images and sources, on Bulk),
 //! **Join** (the one lane a peer without a certificate may open; see [`join`]). Each lane is
 //! its own connection, so a 60 MB image chunk on Bulk never sits in front of a heartbeat on
 //! Raft. Every frame is length-prefixed and size-checked before allocation ([`codec`]).
