@@ -457,6 +457,111 @@ fn deploys_run_on_the_grid_scale_refuse_bad_stacks_and_survive_the_receiver_cut_
         secs(t)
     ));
 
+    // `quarry plan` against the cluster: the example asks for 2 web replicas, 1 run.
+    let plan = cli.ok(hosts[0], &["plan", EXAMPLE]);
+    assert!(
+        plan.contains("against the cluster") && plan.contains("SCALE") && plan.contains("web"),
+        "{plan}"
+    );
+    let grid = cli.ok(hosts[2], &["grid", "-s", "guestbook"]);
+    assert!(grid.contains("guestbook.web.r1."), "{grid}");
+
+    // A changed web tree: web and ticker DEPLOYed (new image), kv left alone; the old
+    // replicas retire once the new ones are healthy; the counter goes on; each server keeps
+    // the images it runs and those the previous revision ran there.
+    let t = Instant::now();
+    let ran: BTreeMap<String, BTreeSet<String>> = lab
+        .hosts()
+        .iter()
+        .map(|h| (h.name(), engine_images(h, "guestbook").1))
+        .collect();
+    let kv_before: Vec<Value> = rows.iter().filter(|r| r["node"] == "kv").cloned().collect();
+    let changed = example_copy(&lab.dir().join("changed").join("guestbook"), |y| {
+        y.replace("GREETING: hello", "GREETING: bonjour")
+    });
+    std::fs::write(changed.join("web/www/health"), "ok, changed\n").expect("health");
+    let out = cli.run(hosts[0], &["deploy", &changed.display().to_string()]);
+    assert!(out.status.success(), "changed deploy: {}", text(&out));
+    let rows = converged(
+        &lab,
+        &cli,
+        hosts[1],
+        "guestbook",
+        &[("kv", 1), ("web", 2), ("ticker", 1)],
+        Duration::from_secs(30),
+    );
+    for r in &rows {
+        let want = if r["node"] == "kv" { 1 } else { 2 };
+        assert_eq!(r["revision"], want, "{r}");
+    }
+    let kv_after: Vec<Value> = rows.iter().filter(|r| r["node"] == "kv").cloned().collect();
+    assert_eq!(kv_after, kv_before, "kv kept as it ran");
+    let seen = counter_rises(&lab, &rows);
+    assert!(
+        seen[0] > *visits.last().expect("visits"),
+        "the count goes on: {seen:?}"
+    );
+    let body = http_get(
+        rows.iter()
+            .find(|r| r["node"] == "web")
+            .and_then(|r| r["address"].as_str())
+            .expect("web address"),
+        "/cgi-bin/index.cgi",
+    )
+    .expect("web answers");
+    assert!(body.starts_with("bonjour from web-r2-"), "{body}");
+    for h in lab.hosts() {
+        let (has, runs) = engine_images(h, "guestbook");
+        let keep: BTreeSet<String> = runs.union(&ran[&h.name()]).cloned().collect();
+        assert_eq!(
+            has,
+            keep,
+            "{}: images it runs or the last revision ran",
+            h.name()
+        );
+    }
+    report.push(format!(
+        "a changed web deployed, old replicas retired: {:.1}s",
+        secs(t)
+    ));
+
+    // Disable and enable: containers stop everywhere, then come back on the same addresses.
+    let t = Instant::now();
+    let addresses = |rows: &[Value]| -> BTreeSet<String> {
+        rows.iter()
+            .filter_map(|r| r["address"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let before = addresses(&rows);
+    cli.ok(hosts[2], &["disable", "-s", "guestbook"]);
+    poll(
+        "guestbook's containers gone",
+        Duration::from_secs(30),
+        || {
+            let left = engines(&lab, "guestbook");
+            let rows = ps_rows(&cli, hosts[0], "guestbook")?;
+            if left.is_empty() && rows.iter().all(|r| r["state"] == "disabled") {
+                Ok(())
+            } else {
+                Err(format!("engines {left:?}, ps {rows:?}"))
+            }
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", lab.logs_tail(30)));
+    let stacks = cli.json(hosts[0], &["stacks"]).expect("stacks");
+    assert_eq!(stacks["stacks"][0]["status"], "disabled", "{stacks}");
+    cli.ok(hosts[1], &["enable", "-s", "guestbook"]);
+    let rows = converged(
+        &lab,
+        &cli,
+        hosts[2],
+        "guestbook",
+        &[("kv", 1), ("web", 2), ("ticker", 1)],
+        Duration::from_secs(30),
+    );
+    assert_eq!(addresses(&rows), before, "the same addresses after enable");
+    report.push(format!("disable and enable: {:.1}s", secs(t)));
+
     // 3. Bad deploys: a clear message, nothing changed.
     let t = Instant::now();
     let before = cluster_picture(&lab, &cli, hosts[0]);

@@ -1081,3 +1081,81 @@ impl Launch {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::launch::protocol::ContainerReport;
+
+    fn report(containers: Vec<ContainerReport>) -> ServerReport {
+        ServerReport {
+            server: "h1".into(),
+            engine: None,
+            fresh: true,
+            containers,
+            problems: BTreeMap::from([("s.web.r1.1".to_owned(), "waiting for image x".to_owned())]),
+        }
+    }
+
+    fn row(slice: &str, state: &str, health: &str) -> ContainerReport {
+        ContainerReport {
+            stack: "s".into(),
+            node: "web".into(),
+            kind: "web".into(),
+            replica: 0,
+            revision: 1,
+            slice: slice.into(),
+            id: "id".into(),
+            name: "n".into(),
+            state: state.into(),
+            status: state.into(),
+            health: health.into(),
+            address: None,
+            image: "i".into(),
+        }
+    }
+
+    fn ready(
+        reports: &BTreeMap<String, (Instant, ServerReport)>,
+        slice: &str,
+    ) -> Result<(), String> {
+        match container_state(reports, "h1", "s", &SliceId(slice.into())) {
+            Ready::Yes => Ok(()),
+            Ready::No(why) => Err(why),
+        }
+    }
+
+    #[test]
+    fn a_container_is_ready_when_its_fresh_report_says_running_and_healthy_or_unprobed() {
+        let reports = BTreeMap::from([(
+            "h1".to_owned(),
+            (
+                Instant::now(),
+                report(vec![
+                    row("s.web.r1.0", "running", "healthy"),
+                    row("s.ticker.r1.0", "running", "none"),
+                    row("s.web.r1.2", "running", "starting (last probe: refused)"),
+                    row("s.web.r1.3", "stopped", "-"),
+                ]),
+            ),
+        )]);
+        assert_eq!(ready(&reports, "s.web.r1.0"), Ok(()));
+        assert_eq!(ready(&reports, "s.ticker.r1.0"), Ok(()));
+        assert!(ready(&reports, "s.web.r1.2")
+            .unwrap_err()
+            .contains("starting"));
+        assert!(ready(&reports, "s.web.r1.3").is_err());
+        assert_eq!(
+            ready(&reports, "s.web.r1.1"),
+            Err("waiting for image x".to_owned()),
+            "the server's problem is the reason"
+        );
+        assert!(container_state(&BTreeMap::new(), "h1", "s", &SliceId("x".into())).is_no());
+    }
+
+    impl Ready {
+        fn is_no(&self) -> bool {
+            matches!(self, Ready::No(_))
+        }
+    }
+}

@@ -440,3 +440,25 @@ async fn probe_all(
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_is_starting_until_a_probe_passes_then_unhealthy_after_retries_failures() {
+        let mut p = Probed::default();
+        assert_eq!(p.word(3), "healthy", "nothing failed yet");
+        p.fails_in_row = 1;
+        p.last_error = Some("refused".into());
+        assert_eq!(p.word(3), "starting (last probe: refused)");
+        p.passes = 1;
+        assert_eq!(
+            p.word(3),
+            "healthy",
+            "one failure after passing is not enough"
+        );
+        p.fails_in_row = 3;
+        assert_eq!(p.word(3), "unhealthy: refused");
+    }
+}
