@@ -51,6 +51,7 @@ mod leader;
 mod server;
 mod worker;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
@@ -69,6 +70,7 @@ use crate::bulk::BulkHandler;
 use crate::cluster::{Cluster, ControlAnswer, ControlRequest};
 use crate::docker::Engine;
 use crate::images::ImageReceiver;
+use crate::rpc::client::Requests;
 use crate::rpc::server::{BoxFuture, RequestHandler};
 use crate::rpc::{codec, Lane};
 use crate::source::{SourceError, SourceStore};
@@ -77,6 +79,8 @@ use crate::source::{SourceError, SourceStore};
 const LEADER_DEADLINE: Duration = Duration::from_secs(10);
 /// How long dialing another server may take.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(3);
+/// Idle Control connections kept per server.
+const POOLED: usize = 4;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -93,6 +97,8 @@ pub struct Launch {
     engine: tokio::sync::Mutex<Option<Engine>>,
     receiver: OnceLock<Arc<ImageReceiver>>,
     leader: leader::LeaderState,
+    /// Open Control connections to other servers, by address.
+    pool: Mutex<HashMap<SocketAddr, Vec<Requests>>>,
 }
 
 impl std::fmt::Debug for Launch {
@@ -123,6 +129,7 @@ impl Launch {
             engine: tokio::sync::Mutex::new(None),
             receiver: OnceLock::new(),
             leader: leader::LeaderState::default(),
+            pool: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -210,6 +217,34 @@ impl Launch {
             .ok_or_else(|| format!("no server {server} in the cluster"))?;
         let inner = codec::encode(&req).map_err(|e| e.to_string())?;
         let bytes = codec::encode(&ControlRequest::Launch(inner)).map_err(|e| e.to_string())?;
+        // A pooled connection may have died with its peer's restart: a failure on one is
+        // tried once more on a fresh connection (it failed before any answer came back).
+        let pooled = lock(&self.pool).get_mut(&addr).and_then(Vec::pop);
+        let answer = match pooled {
+            Some(mut conn) => match tokio::time::timeout(limit, conn.call(&bytes)).await {
+                Ok(Ok(a)) => {
+                    self.give_back(addr, conn);
+                    a
+                }
+                Ok(Err(_)) => self.call_fresh(server, addr, &bytes, limit).await?,
+                Err(_) => return Err(format!("{server} did not answer within {limit:?}")),
+            },
+            None => self.call_fresh(server, addr, &bytes, limit).await?,
+        };
+        match codec::decode::<ControlAnswer>(&answer).map_err(|e| e.to_string())? {
+            ControlAnswer::Launch(Ok(b)) => codec::decode(&b).map_err(|e| e.to_string()),
+            ControlAnswer::Launch(Err(m)) | ControlAnswer::Failed(m) => Err(m),
+            other => Err(format!("{server} answered {other:?}")),
+        }
+    }
+
+    async fn call_fresh(
+        &self,
+        server: &str,
+        addr: SocketAddr,
+        bytes: &[u8],
+        limit: Duration,
+    ) -> Result<Vec<u8>, String> {
         let mut conn = tokio::time::timeout(
             DIAL_TIMEOUT,
             self.cluster.dialer().requests(addr, Lane::Control),
@@ -217,14 +252,20 @@ impl Launch {
         .await
         .map_err(|_| format!("{server} ({addr}) did not answer within {DIAL_TIMEOUT:?}"))?
         .map_err(|e| format!("{server}: {e}"))?;
-        let answer = tokio::time::timeout(limit, conn.call(&bytes))
+        let answer = tokio::time::timeout(limit, conn.call(bytes))
             .await
             .map_err(|_| format!("{server} did not answer within {limit:?}"))?
             .map_err(|e| format!("{server}: {e}"))?;
-        match codec::decode::<ControlAnswer>(&answer).map_err(|e| e.to_string())? {
-            ControlAnswer::Launch(Ok(b)) => codec::decode(&b).map_err(|e| e.to_string()),
-            ControlAnswer::Launch(Err(m)) | ControlAnswer::Failed(m) => Err(m),
-            other => Err(format!("{server} answered {other:?}")),
+        self.give_back(addr, conn);
+        Ok(answer)
+    }
+
+    /// Keep a connection that answered for the next request (a few per server).
+    fn give_back(&self, addr: SocketAddr, conn: Requests) {
+        let mut pool = lock(&self.pool);
+        let list = pool.entry(addr).or_default();
+        if list.len() < POOLED {
+            list.push(conn);
         }
     }
 
