@@ -410,7 +410,8 @@ impl Launch {
                 Ok(other) => Err(format!("{on} answered {other:?}")),
                 Err(link) if on.0 != me => {
                     self.say(id, format!("{on} could not build ({link}): building here"));
-                    match self.build_here(job_b).await {
+                    let say = |l: String| self.say(id, format!("  {l}"));
+                    match self.build_here(job_b, &say).await {
                         Ok(lines) => Ok((ServerId(me.clone()), lines)),
                         Err(e) => Err(e),
                     }
@@ -616,7 +617,21 @@ impl Launch {
                     to: t.to.0.clone(),
                 };
                 let watch = [t.from.0.as_str(), t.to.0.as_str()];
-                let r = self.ask_watched(&t.from.0, &watch, req, SEND_LIMIT).await;
+                let r = if t.from.0 == self.me() {
+                    let say = |l: String| self.say(id, l);
+                    let sent = self.send_here(&t.images, &t.to.0, &say);
+                    tokio::select! {
+                        r = sent => Ok(match r {
+                            Ok((bytes, images)) => LaunchAnswer::Sent { bytes, images },
+                            Err(e) => LaunchAnswer::Failed(e),
+                        }),
+                        gone = self.gone_silent(&watch) => Err(format!(
+                            "{gone} has not been heard from for {}s", SILENT.as_secs()
+                        )),
+                    }
+                } else {
+                    self.ask_watched(&t.from.0, &watch, req, SEND_LIMIT).await
+                };
                 (t, start, r)
             });
         }

@@ -7,8 +7,10 @@
 //!                                 fetch the source if missing, unpack under stacks/STACK/build,
 //!                                 load quarry.yml, compile + place on its copy (dry) -> Accepted
 //!      CLI polls GET /v1/deploys/ID <-- progress lines --------------  executor (one per stack):
-//!                                   builds on a build server (images::plan), every transfer
-//!                                   sender -> runner (docker save | Bulk | docker load), then
+//!                                   builds on itself (it holds the source; another holder
+//!                                   builds only when its engine cannot), then every transfer
+//!                                   of images::plan, sender -> runner (docker save | Bulk |
+//!                                   docker load; a server cut off meanwhile is skipped), then
 //!                                   compile again and commit Deploy (grid version + stack
 //!                                   revision checked; stale: again), then remove images no
 //!                                   server runs or ran, then wait for the rollout
@@ -311,12 +313,12 @@ impl Launch {
         Box::pin(async move {
             let failed = LaunchAnswer::Failed;
             match req {
-                LaunchRequest::Build(job) => match self.build_here(job).await {
+                LaunchRequest::Build(job) => match self.build_here(job, &|_| {}).await {
                     Ok(lines) => LaunchAnswer::Built(lines),
                     Err(e) => failed(e),
                 },
                 LaunchRequest::SendImages { images, to } => {
-                    match self.send_here(&images, &to).await {
+                    match self.send_here(&images, &to, &|_| {}).await {
                         Ok((bytes, images)) => LaunchAnswer::Sent { bytes, images },
                         Err(e) => failed(e),
                     }

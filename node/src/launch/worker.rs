@@ -152,8 +152,13 @@ impl Launch {
         self.settle_build_dir(tmp, stack, hash)
     }
 
-    /// Build a job's images on this server's engine (skipping those it has).
-    pub(super) async fn build_here(&self, job: BuildJob) -> Result<Vec<String>, String> {
+    /// Build a job's images on this server's engine (skipping those it has); every line of
+    /// build output goes to `say` as it comes.
+    pub(super) async fn build_here(
+        &self,
+        job: BuildJob,
+        say: &(dyn Fn(String) + Send + Sync),
+    ) -> Result<Vec<String>, String> {
         self.ensure_source(&job.source, &job.holders).await?;
         let dir = self.unpacked(&job.stack, &job.source).await?;
         let engine = self.engine().await?;
@@ -164,26 +169,25 @@ impl Launch {
                 digest: String::new(),
                 tag: tag.clone(),
             };
-            let mut out = Vec::new();
-            let mut log = |l: &str| out.push(l.to_owned());
+            let mut log = |l: &str| say(format!("[{build}] {l}"));
             let outcome = image::ensure_image(&engine, &job.stack, &dir, &src, &mut log)
                 .await
                 .map_err(|e| format!("on {}: {e}", self.me()))?;
             lines.push(match outcome {
-                ImageOutcome::Built => {
-                    format!("built {tag} on {} ({} lines)", self.me(), out.len())
-                }
+                ImageOutcome::Built => format!("built {tag} on {}", self.me()),
                 _ => format!("{tag} was already on {}", self.me()),
             });
         }
         Ok(lines)
     }
 
-    /// Send images from this server's engine to server `to`.
+    /// Send images from this server's engine to server `to`; how far it is goes to `say`
+    /// about once a second.
     pub(super) async fn send_here(
         &self,
         images: &[String],
         to: &str,
+        say: &(dyn Fn(String) + Send + Sync),
     ) -> Result<(u64, Vec<String>), String> {
         let engine = self.engine().await?;
         let addr = self
@@ -196,7 +200,17 @@ impl Launch {
         .await
         .map_err(|_| format!("{to} ({addr}) did not answer"))?
         .map_err(|e| format!("{to}: {e}"))?;
-        let mut progress = |_p: images::Progress| {};
+        let mut last = tokio::time::Instant::now();
+        let mut progress = |p: images::Progress| {
+            if !p.done && last.elapsed() >= std::time::Duration::from_secs(1) {
+                last = tokio::time::Instant::now();
+                let of = p
+                    .estimate
+                    .map(|e| format!(" of ~{:.1} MB", e as f64 / 1e6))
+                    .unwrap_or_default();
+                say(format!("  -> {to}: {:.1} MB{of}", p.sent as f64 / 1e6));
+            }
+        };
         let report = images::send_images(&engine, images, &mut conn, &mut progress, &Cancel::new())
             .await
             .map_err(|e| format!("sending {} to {to}: {e}", images.join(" ")))?;
