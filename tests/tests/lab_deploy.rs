@@ -301,37 +301,42 @@ fn deploys_run_on_the_grid_scale_refuse_bad_stacks_and_survive_the_receiver_cut_
     assert!(ok, "init: {out}{err}");
     let join_token = token_of(&out);
     start(&lab, hosts[0], &bin);
-    for h in &hosts[1..] {
-        let (ok, out, err) = quarryd_in(
-            h,
-            &bin,
-            &["join", &hosts[0].addr().to_string(), "--token", &join_token],
-        );
-        assert!(ok, "join {}: {out}{err}", h.name());
-        start(&lab, h, &bin);
-    }
     let token = admin_token(hosts[0]);
     let cli = Cli::new(cli_bin, token.clone());
-    poll(
-        "3 servers, 3 voters, all healthy",
-        Duration::from_secs(30),
-        || {
-            let v = cli.json(hosts[0], &["servers"])?;
-            let s = v["servers"].as_array().cloned().unwrap_or_default();
-            let ok = s.len() == 3
-                && s.iter()
-                    .all(|x| x["role"] == "voter" && x["health"] == "ok");
-            let blocks = cli.json(hosts[0], &["grid"])?["grid"]["blocks"]
-                .as_object()
-                .map(|b| b.len());
-            if ok && blocks == Some(3) {
-                Ok(())
-            } else {
-                Err(format!("{v}"))
-            }
-        },
-    )
-    .unwrap_or_else(|e| panic!("{e}\n{}", lab.logs_tail(30)));
+    // Each server joins once the previous one is in (voters follow the rule: 1, then 3).
+    for (i, h) in hosts.iter().enumerate() {
+        if i > 0 {
+            let (ok, out, err) = quarryd_in(
+                h,
+                &bin,
+                &["join", &hosts[0].addr().to_string(), "--token", &join_token],
+            );
+            assert!(ok, "join {}: {out}{err}", h.name());
+            start(&lab, h, &bin);
+        }
+        let n = i + 1;
+        let voters = if n < 3 { 1 } else { 3 };
+        poll(
+            &format!("{n} servers, {voters} voters, all healthy, {n} grid blocks"),
+            Duration::from_secs(30),
+            || {
+                let v = cli.json(hosts[0], &["servers"])?;
+                let s = v["servers"].as_array().cloned().unwrap_or_default();
+                let ok = s.len() == n
+                    && s.iter().filter(|x| x["role"] == "voter").count() == voters
+                    && s.iter().all(|x| x["health"] == "ok");
+                let blocks = cli.json(hosts[0], &["grid"])?["grid"]["blocks"]
+                    .as_object()
+                    .map(|b| b.len());
+                if ok && blocks == Some(n) {
+                    Ok(())
+                } else {
+                    Err(format!("{v}"))
+                }
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}\n{}", lab.logs_tail(30)));
+    }
     report.push(format!("cluster of 3 up in {:.1}s", secs(t0)));
     let host_named = |n: &str| *hosts.iter().find(|h| h.name() == n).expect("host");
     let leader = leader_of(&cli, hosts[0]).expect("a leader");
@@ -344,6 +349,7 @@ fn deploys_run_on_the_grid_scale_refuse_bad_stacks_and_survive_the_receiver_cut_
     // 1. The example, deployed through a non-leader.
     let t = Instant::now();
     let out = cli.run(others[0], &["deploy", EXAMPLE]);
+    eprintln!("quarry deploy {EXAMPLE}:\n{}", text(&out));
     assert!(
         out.status.success(),
         "deploy through {}: {}\n{}",

@@ -396,14 +396,16 @@ impl Launch {
                 ),
             );
             let t = Instant::now();
-            let asked = self
-                .ask_watched(
-                    &on.0,
-                    &[&on.0],
-                    LaunchRequest::Build(job_b.clone()),
-                    BUILD_LIMIT,
-                )
-                .await;
+            let asked = if on.0 == me {
+                let say = |l: String| self.say(id, format!("  {l}"));
+                Ok(match self.build_here(job_b.clone(), &say).await {
+                    Ok(lines) => LaunchAnswer::Built(lines),
+                    Err(e) => LaunchAnswer::Failed(e),
+                })
+            } else {
+                let req = LaunchRequest::Build(job_b.clone());
+                self.ask_watched(&on.0, &[&on.0], req, BUILD_LIMIT).await
+            };
             let built = match asked {
                 Ok(LaunchAnswer::Built(lines)) => Ok((on.clone(), lines)),
                 Ok(LaunchAnswer::Failed(e)) => Err(e),
