@@ -1170,6 +1170,76 @@ mod tests {
         assert!(container_state(&BTreeMap::new(), "h1", "s", &SliceId("x".into())).is_no());
     }
 
+    #[test]
+    fn holders_are_the_servers_keeping_an_image_after_the_removals_unless_a_transfer_failed() {
+        use crate::types::{DesiredContainer, ImageSource, Kind, Placement};
+        let placed = |server: &str| DesiredContainer {
+            stack: "s".into(),
+            node: "web".into(),
+            kind: Kind::Web,
+            revision: 1,
+            definition: "d".into(),
+            replica: 0,
+            slice: SliceId(format!("s.web.r1.{server}")),
+            image: ImageSource::Build {
+                dir: "web".into(),
+                digest: "x".into(),
+                tag: "quarry/s-web:1".into(),
+            },
+            command: None,
+            env: BTreeMap::new(),
+            ports: vec![],
+            memory: 1,
+            health: None,
+            placement: Some(Placement {
+                server: ServerId(server.into()),
+                host: "10.0.0.1".into(),
+                ports: BTreeMap::new(),
+                host_ports: BTreeMap::new(),
+            }),
+        };
+        let change = StackChange {
+            stack: "s".into(),
+            revision: 1,
+            grid_version: 0,
+            place: vec![],
+            remove: vec![],
+            source: SourceHash::of(b"s"),
+            file: StackFile {
+                name: "s".into(),
+                env: BTreeMap::new(),
+                nodes: vec![],
+            },
+            current: Default::default(),
+            desired: vec![placed("h2")],
+            retiring: vec![],
+            images: BTreeMap::new(),
+            routes: BTreeMap::new(),
+        };
+        let tag = "quarry/s-web:1".to_owned();
+        let one = BTreeSet::from([tag.clone()]);
+        let has = BTreeMap::from([
+            (ServerId("h1".into()), one.clone()),
+            (ServerId("h2".into()), one.clone()),
+        ]);
+        let plan = images::ImagePlan {
+            remove: BTreeMap::from([(ServerId("h1".into()), one.clone())]),
+            ..Default::default()
+        };
+        let ok = holders(&change, &has, &plan, &BTreeSet::new());
+        assert_eq!(
+            ok[&tag],
+            vec![ServerId("h2".into())],
+            "the build server lets it go"
+        );
+        let failed = holders(&change, &has, &plan, &one);
+        assert_eq!(
+            failed[&tag],
+            vec![ServerId("h1".into()), ServerId("h2".into())],
+            "a failed transfer keeps it where it is"
+        );
+    }
+
     impl Ready {
         fn is_no(&self) -> bool {
             matches!(self, Ready::No(_))
