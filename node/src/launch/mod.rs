@@ -49,8 +49,10 @@ pub mod compile;
 pub mod protocol;
 
 mod api;
+mod executor;
 mod leader;
 mod server;
+mod views;
 mod worker;
 
 use std::collections::HashMap;
