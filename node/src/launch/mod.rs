@@ -15,8 +15,9 @@
 //!                                   revision checked; stale: again), then remove images no
 //!                                   server runs or ran, then wait for the rollout
 //!  every server (serve): ReadIndex -> its placed containers -> reconcile::diff vs its engine
-//!      -> start_now; retire what is not desired (only with a fresh view); fetch missing images
-//!      from their holders; probe health; Report -> the leader (soft state)
+//!      -> start_now; retire what is not desired (only with a fresh view); fetch missing built
+//!      images from their holders, pull missing `image:` ones; probe health; Report -> the
+//!      leader (soft state)
 //!  the leader (lead): Retire a stack's replaced replicas once their replacements are healthy
 //! ```
 //!
@@ -42,8 +43,9 @@
 //! Routers (the committed routes are kept for them); a deploy whose new replicas never get
 //! healthy is not failed or rolled back (it shows as deploying, the old replicas serve on);
 //! a leader lost mid-deploy loses the deploy's uncommitted work (the CLI says so; deploy
-//! again); rescheduling the replicas of a dead server; pulling `image:` references where no
-//! registry is reachable; deleting a stack.
+//! again); rescheduling the replicas of a dead server; `image:` references are pulled by each
+//! server that runs them, never carried between servers (so only where a registry is
+//! reachable); deleting a stack.
 
 pub mod compile;
 pub mod protocol;

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use super::protocol::{ContainerReport, LaunchAnswer, LaunchRequest, ServerReport};
 use super::{lock, Launch};
 use crate::cluster::ClusterState;
-use crate::docker::{containers, network, Engine, ObservedContainer, RunState};
+use crate::docker::{containers, image, network, Engine, ObservedContainer, RunState};
 use crate::health;
 use crate::reconcile::converge::target_of_observed;
 use crate::reconcile::{self, Converger, NodeMeta};
@@ -28,6 +28,8 @@ const ROUND: Duration = Duration::from_secs(1);
 const READ_LIMIT: Duration = Duration::from_secs(2);
 /// How long a missing image is not asked for again after a failed fetch.
 const FETCH_BACKOFF: Duration = Duration::from_secs(5);
+/// How long a named image is not pulled again after a failed pull.
+const PULL_BACKOFF: Duration = Duration::from_secs(30);
 /// How long one image fetch may take.
 const FETCH_LIMIT: Duration = Duration::from_secs(300);
 
@@ -223,7 +225,8 @@ impl Launch {
     ) -> bool {
         let desired: &[DesiredContainer] = if stack.disabled { &[] } else { &stack.mine };
         let mut diff = reconcile::diff(desired, observed);
-        // Containers whose image is not here yet wait for it (fetched meanwhile).
+        // Containers whose image is not here yet wait for it: a built image is fetched from
+        // a server holding it, a named one pulled (where a registry is reachable).
         let present = crate::images::stack_images(engine, &stack.name)
             .await
             .unwrap_or_default();
@@ -233,17 +236,27 @@ impl Launch {
             .iter()
             .chain(diff.replace.iter().map(|(_, d)| d))
         {
-            if let ImageSource::Build { tag, .. } = &d.image {
-                if !present.contains(tag) {
-                    waiting.insert(d.slice.clone(), tag.clone());
+            let why = match &d.image {
+                ImageSource::Build { tag, .. } if !present.contains(tag) => Some(format!(
+                    "waiting for image {tag} ({})",
+                    self.fetch_image(stack, tag, memory)
+                )),
+                ImageSource::Image(name)
+                    if !image::image_exists(engine, name).await.unwrap_or(false) =>
+                {
+                    Some(format!(
+                        "waiting for image {name} ({})",
+                        self.pull_image(engine, name, memory)
+                    ))
                 }
+                _ => None,
+            };
+            if let Some(why) = why {
+                waiting.insert(d.slice.clone(), why);
             }
         }
-        for (slice, tag) in &waiting {
-            let from = self.fetch_image(stack, tag, memory);
-            report
-                .problems
-                .insert(slice.0.clone(), format!("waiting for image {tag} ({from})"));
+        for (slice, why) in &waiting {
+            report.problems.insert(slice.0.clone(), why.clone());
         }
         diff.create.retain(|d| !waiting.contains_key(&d.slice));
         diff.replace
@@ -346,6 +359,37 @@ impl Launch {
             lock(&fetching).remove(&tag);
         });
         said
+    }
+
+    /// Start pulling a named image unless a pull runs or failed just now; says how it goes.
+    fn pull_image(self: &Arc<Self>, engine: &Engine, name: &str, memory: &Memory) -> String {
+        if lock(&memory.fetching).contains(name) {
+            return "pulling".to_owned();
+        }
+        if let Some(t) = lock(&memory.failed).get(name) {
+            if t.elapsed() < PULL_BACKOFF {
+                return "the last pull failed: is a registry reachable from this server? \
+                        trying again shortly"
+                    .to_owned();
+            }
+        }
+        lock(&memory.fetching).insert(name.to_owned());
+        let (engine, name) = (engine.clone(), name.to_owned());
+        let (fetching, failed) = (memory.fetching.clone(), memory.failed.clone());
+        tokio::spawn(async move {
+            let source = ImageSource::Image(name.clone());
+            let mut quiet = |_: &str| {};
+            let dir = std::path::Path::new("/");
+            match image::ensure_image(&engine, "", dir, &source, &mut quiet).await {
+                Ok(_) => tracing::info!(image = %name, "image pulled"),
+                Err(e) => {
+                    tracing::warn!(image = %name, "not pulled: {e}");
+                    lock(&failed).insert(name.clone(), Instant::now());
+                }
+            }
+            lock(&fetching).remove(&name);
+        });
+        "pulling".to_owned()
     }
 
     async fn send_report(&self, report: ServerReport) {
