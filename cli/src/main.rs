@@ -29,14 +29,25 @@ enum Command {
     Start(cmd::start::StartArgs),
     /// Remove every container, network, router and file of a local stack.
     Stop(local::StackArgs),
-    /// List a local stack's containers: node, replica, revision, state, health, address, uptime.
-    Ps(local::StackArgs),
+    /// Every container on the cluster (node, replica, server, revision, state, health,
+    /// address), or a local stack's.
+    Ps(cmd::ps::Args),
     /// A server's view of the cluster: role, leader, term, commit, voters, learners, health.
     Status(cmd::status::StatusArgs),
     /// The servers of the cluster (role, health); `quarry servers remove NAME`.
     Servers(cmd::servers::ServersArgs),
     /// The cluster's env, global or a stack's (-s); `quarry env set K=V`, `unset K`.
     Env(cmd::env::EnvArgs),
+    /// Deploy a stack's directory to the cluster: built, placed, run on the grid.
+    Deploy(cmd::deploy::Args),
+    /// The cluster's stacks: live, deploying, disabled, failed.
+    Stacks(cmd::stacks::StacksArgs),
+    /// Change a node's replica count: `quarry scale -s STACK web=3`.
+    Scale(cmd::stacks::ScaleArgs),
+    /// Stop a stack's containers on every server (placements and addresses are kept).
+    Disable(cmd::stacks::EnableArgs),
+    /// Start a disabled stack's containers again.
+    Enable(cmd::stacks::EnableArgs),
 }
 
 /// Runs an async command on a small runtime.
@@ -71,6 +82,11 @@ fn main() -> ExitCode {
         Command::Status(args) => block_on(cmd::status::run(args)),
         Command::Servers(args) => block_on(cmd::servers::run(args)),
         Command::Env(args) => block_on(cmd::env::run(args)),
+        Command::Deploy(args) => block_on_code(cmd::deploy::run(args)),
+        Command::Stacks(args) => block_on(cmd::stacks::stacks(args)),
+        Command::Scale(args) => block_on_code(cmd::stacks::scale(args)),
+        Command::Disable(args) => block_on(cmd::stacks::set_enabled(args, false)),
+        Command::Enable(args) => block_on(cmd::stacks::set_enabled(args, true)),
     };
     match result {
         Ok(code) => code,

@@ -8,14 +8,16 @@
 //!   rpc Bulk lane (Requests::call)  ==TLS==>  RpcServer (Handlers.bulk = BulkHandler)
 //!                                                | "QIM1..." -> ImageReceiver (docker load)
 //!                                                | "QSR1..." -> SourceStore (put / get)
+//!                                                | 0x00 ...  -> Raft snapshots (the transport's)
 //!                                                | anything else -> refused, by name
 //! ```
 //!
-//! Every request carries a 4-byte magic naming its transfer, so one lane (one connection per
-//! dialer) carries them all and a request of one kind can never be taken for another.
+//! Every request carries a 4-byte magic naming its transfer (a Raft snapshot, the byte
+//! [`BULK_RAFT_SNAPSHOT`](crate::cluster::transport::BULK_RAFT_SNAPSHOT), which no magic
+//! starts with), so one lane (one connection per dialer) carries them all and a request of
+//! one kind can never be taken for another.
 //!
-//! Left out: snapshots (Raft's install-snapshot traffic will want the lane too: add a magic
-//! and an arm), and request multiplexing (the lane answers in order).
+//! Left out: request multiplexing (the lane answers in order).
 
 use std::sync::Arc;
 
@@ -56,12 +58,24 @@ impl Carrier for crate::rpc::client::Requests {
 
 /// Answers the Bulk lane: image transfers into the local engine, sources into the local
 /// store. A part left `None` refuses its requests with a message saying so.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct BulkHandler {
     /// Where image transfers load.
     pub images: Option<Arc<ImageReceiver>>,
     /// Where sources are stored and read.
     pub sources: Option<SourceStore>,
+    /// Where Raft snapshot messages go.
+    pub raft: Option<Arc<dyn RequestHandler>>,
+}
+
+impl std::fmt::Debug for BulkHandler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BulkHandler")
+            .field("images", &self.images.is_some())
+            .field("sources", &self.sources)
+            .field("raft", &self.raft.is_some())
+            .finish()
+    }
 }
 
 impl BulkHandler {
@@ -73,6 +87,12 @@ impl BulkHandler {
                 .as_ref()
                 .ok_or("this server takes no images (it has no Docker engine)")?;
             images.handle(peer, &request).await
+        } else if request.first() == Some(&crate::cluster::transport::BULK_RAFT_SNAPSHOT) {
+            let raft = self
+                .raft
+                .as_ref()
+                .ok_or("this server takes no Raft snapshots here")?;
+            raft.handle(peer.to_owned(), request).await
         } else if source_wire::is_source_request(&request) {
             let store = self
                 .sources

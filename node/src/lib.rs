@@ -14,7 +14,9 @@
 //! [`bulk`] (what the Bulk lane carries and the handler that answers it), [`images`] (docker
 //! save -> Bulk lane -> docker load), [`source`] (stack trees stored by content hash), [`api`]
 //! (the HTTP API on the local socket and TCP), [`cluster`] (the Raft-replicated cluster state,
-//! membership, forwarding and reads), [`daemon`] (what `quarryd init`, `join` and `run` do),
+//! membership, forwarding and reads), [`launch`] (stacks on the cluster: deploys through the
+//! leader, every server's reconciler and reports; its compile step is pure), [`daemon`] (what
+//! `quarryd init`, `join` and `run` do),
 //! [`gossip`] (chitchat over a sealed UDP transport: liveness), [`hosts`] (the
 //! managed /etc/hosts block: a pure renderer and its writer).
 
@@ -31,6 +33,7 @@ pub mod grid;
 pub mod health;
 pub mod hosts;
 pub mod images;
+pub mod launch;
 pub mod pki;
 pub mod reconcile;
 pub mod router;

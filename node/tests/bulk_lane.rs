@@ -22,6 +22,7 @@ async fn sources_and_images_share_the_bulk_lane_and_every_byte_is_checked() {
     let handler = BulkHandler {
         images: Some(Arc::new(ImageReceiver::new(engine))),
         sources: Some(store_b.clone()),
+        raft: None,
     };
     let server = RpcServer::bind(
         "127.0.0.1:0".parse().expect("addr"),

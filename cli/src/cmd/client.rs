@@ -113,12 +113,36 @@ impl Target {
         body: Option<&serde_json::Value>,
     ) -> anyhow::Result<T> {
         let body = body.map(serde_json::to_vec).transpose()?;
-        let reply = client::request(
+        let body = body.as_deref().map(|b| (b, "application/json"));
+        self.exchange(method, path, body, client::TIMEOUT).await
+    }
+
+    /// `METHOD path` with a body of `content_type`, waiting up to `limit`; the answer decoded.
+    pub async fn upload<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &[u8],
+        content_type: &str,
+        limit: std::time::Duration,
+    ) -> anyhow::Result<T> {
+        self.exchange("POST", path, Some((body, content_type)), limit)
+            .await
+    }
+
+    async fn exchange<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<(&[u8], &str)>,
+        limit: std::time::Duration,
+    ) -> anyhow::Result<T> {
+        let reply = client::request_with(
             &self.endpoint,
             method,
             path,
-            body.as_deref(),
+            body,
             self.token.as_deref(),
+            limit,
         )
         .await
         .map_err(|e| match e {
@@ -144,7 +168,7 @@ impl Target {
             ),
             401 => bail!("{} refused the token: {}", self.endpoint, server_says()),
             503 => bail!("{}: {}", self.endpoint, server_says()),
-            400 | 404 | 409 => bail!("{}", server_says()),
+            400 | 404 | 409 | 413 => bail!("{}", server_says()),
             code => bail!(
                 "{} answered {path} with HTTP {code}: {}",
                 self.endpoint,

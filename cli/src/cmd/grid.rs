@@ -30,6 +30,9 @@ pub struct Args {
     /// This machine's grid and the stack's dry run, even when a server is configured.
     #[arg(long)]
     pub local: bool,
+    /// On the cluster: list where this stack's slices sit.
+    #[arg(short = 's', long = "stack")]
+    pub stack: Option<String>,
     #[command(flatten)]
     pub node: NodeArgs,
 }
@@ -57,10 +60,32 @@ async fn cluster(target: &Target, args: &Args) -> anyhow::Result<ExitCode> {
         target.endpoint
     );
     println!("{}", grid.picture());
+    if let Some(stack) = &args.stack {
+        let prefix = format!("{stack}.");
+        let mut any = false;
+        for (server, block) in grid.blocks() {
+            let mine: Vec<String> = block
+                .slices
+                .iter()
+                .filter(|s| s.0.starts_with(&prefix))
+                .map(|s| {
+                    let size = grid.slices().get(s).map(|x| x.spec.memory).unwrap_or(0);
+                    format!("{s} ({})", quarry_node::grid::human_bytes(size))
+                })
+                .collect();
+            if !mine.is_empty() {
+                any = true;
+                println!("{server}: {}", mine.join(", "));
+            }
+        }
+        if !any {
+            println!("stack {stack} has no slice on the grid (`quarry stacks` lists the stacks)");
+        }
+    }
     if args.dir.is_some() {
         println!(
-            "(a stack's dry run against the cluster comes with cluster deploys; `quarry grid \
-             --local DIR` shows it on this machine)"
+            "(`quarry plan DIR` shows where a deploy of DIR would place new replicas; `quarry \
+             grid --local DIR` shows a dry run on this machine)"
         );
     }
     Ok(ExitCode::SUCCESS)

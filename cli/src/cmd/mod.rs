@@ -1,14 +1,17 @@
 //! One module per command.
 
 pub mod client;
+pub mod deploy;
 pub mod env;
 pub mod grid;
 pub mod plan;
 pub mod ps;
 pub mod servers;
+pub mod stacks;
 pub mod start;
 pub mod status;
 pub mod stop;
+pub mod table;
 pub mod when;
 
 use std::path::{Path, PathBuf};

@@ -1,10 +1,16 @@
 //! `quarry plan [DIR]`: compile a stack's quarry.yml against the current state and show the
 //! launch instructions, without applying anything.
 //!
-//! The current state is, in order: the `--state` file if given; otherwise what the local
-//! Docker runs of the stack (read back from the containers' labels, exactly as `quarry start`
-//! reads it, so the plan shown is the plan `quarry start` applies); nothing running if Docker
-//! cannot be reached (said on stderr).
+//! With a server configured (and neither `--local`, `--state` nor `--fresh`), the state is
+//! the cluster's: the CLI reads what compiling the stack reads (`GET
+//! /v1/stacks/NAME/inputs`: the stack's record, the env, the grid, the servers, the host
+//! ports taken) and runs the leader's own compile on it ([`quarry_node::launch::compile`]),
+//! so it shows the instructions and the placements `quarry deploy` would commit now.
+//!
+//! Otherwise the current state is, in order: the `--state` file if given; otherwise what the
+//! local Docker runs of the stack (read back from the containers' labels, exactly as `quarry
+//! start` reads it, so the plan shown is the plan `quarry start` applies); nothing running if
+//! Docker cannot be reached (said on stderr).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -15,6 +21,7 @@ use quarry_node::build::{self, Inputs};
 use quarry_node::spec::LoadError;
 use quarry_node::types::StackState;
 
+use super::client::{NodeArgs, Target};
 use crate::local;
 
 /// Arguments of `quarry plan`.
@@ -32,11 +39,21 @@ pub struct Args {
     /// Print the plan as JSON, for scripts.
     #[arg(long)]
     pub json: bool,
+    /// Plan against this machine's Docker even when a server is configured.
+    #[arg(long)]
+    pub local: bool,
+    #[command(flatten)]
+    pub node: NodeArgs,
 }
 
 /// Run `quarry plan`.
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let dir = super::stack_dir(args.dir.as_deref());
+    if !args.local && args.state.is_none() && !args.fresh {
+        if let Some(target) = Target::configured(&args.node)? {
+            return cluster(&target, &dir, args.json).await;
+        }
+    }
     let (stack, warnings) = match local::load(&dir) {
         Ok(ok) => ok,
         Err(LoadError::Invalid(diags)) => {
@@ -80,6 +97,107 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             eprintln!("{w}");
         }
         print!("{}", build::render(&plan));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The plan against the cluster (see the module docs).
+async fn cluster(target: &Target, dir: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {
+    let name = dir
+        .canonicalize()
+        .ok()
+        .and_then(|d| {
+            d.file_name()
+                .map(|n| n.to_string_lossy().to_ascii_lowercase())
+        })
+        .unwrap_or_else(|| "stack".to_owned());
+    let load = |max_memory| {
+        let facts = quarry_node::spec::DirFacts {
+            root: dir.to_owned(),
+            max_memory,
+        };
+        quarry_node::spec::load_with(dir, &name, &facts)
+    };
+    let report = |diags: &quarry_node::spec::Diagnostics| {
+        if json {
+            println!("{}", serde_json::json!({ "errors": diags.0 }));
+        } else {
+            eprintln!("{diags}");
+        }
+    };
+    let (stack, _) = match load(None) {
+        Ok(ok) => ok,
+        Err(LoadError::Invalid(diags)) => {
+            report(&diags);
+            return Ok(ExitCode::FAILURE);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let inputs: quarry_node::launch::PlanInputs = target
+        .get(&format!("/v1/stacks/{}/inputs", stack.name))
+        .await?;
+    // Again, now that the servers' memory is known.
+    let (stack, warnings) = match load(inputs.max_memory()) {
+        Ok(ok) => ok,
+        Err(LoadError::Invalid(diags)) => {
+            report(&diags);
+            return Ok(ExitCode::FAILURE);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let owned = dir.to_owned();
+    let tar = tokio::task::spawn_blocking(move || quarry_node::source::pack(&owned)).await??;
+    let compiled = match quarry_node::launch::compile(&inputs, &stack, &tar.hash) {
+        Ok(c) => c,
+        Err(e) => {
+            if json {
+                println!("{}", serde_json::json!({ "errors": [e.to_string()] }));
+            } else {
+                eprintln!("{e}");
+            }
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let placements: Vec<String> = compiled
+        .new_placements()
+        .into_iter()
+        .map(|(c, s, a)| match a {
+            Some(a) => format!("{c} -> {s} at {a}"),
+            None => format!("{c} -> {s}"),
+        })
+        .collect();
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "plan": compiled.plan,
+                "placements": placements,
+                "revision": compiled.change.revision,
+                "grid_version": compiled.change.grid_version,
+                "retiring": compiled.change.retiring,
+                "remove": compiled.change.remove,
+                "warnings": warnings,
+            }))?
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    for w in &warnings {
+        eprintln!("{w}");
+    }
+    println!(
+        "Plan of {} against the cluster at {} (stack revision {} -> {}, grid version {}):",
+        stack.name,
+        target.endpoint,
+        inputs.record.revision,
+        compiled.change.revision,
+        compiled.change.grid_version
+    );
+    print!("{}", build::render(&compiled.plan));
+    if !placements.is_empty() {
+        println!("New containers would go:");
+        for p in &placements {
+            println!("  {p}");
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

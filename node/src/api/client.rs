@@ -100,6 +100,20 @@ pub async fn request(
     json: Option<&[u8]>,
     token: Option<&str>,
 ) -> Result<Reply, ClientError> {
+    let body = json.map(|b| (b, "application/json"));
+    request_with(endpoint, method, path, body, token, TIMEOUT).await
+}
+
+/// `METHOD path` with an optional body of the given content type, a bearer token, and a
+/// limit on the whole exchange (a deploy's upload waits for the leader's answer).
+pub async fn request_with(
+    endpoint: &Endpoint,
+    method: &str,
+    path: &str,
+    body: Option<(&[u8], &str)>,
+    token: Option<&str>,
+    limit: Duration,
+) -> Result<Reply, ClientError> {
     let unreachable = |cause| ClientError::Unreachable {
         endpoint: endpoint.clone(),
         cause,
@@ -114,16 +128,15 @@ pub async fn request(
     if let Some(t) = token {
         req.push_str(&format!("Authorization: Bearer {t}\r\n"));
     }
-    let body = json.unwrap_or_default();
-    if json.is_some() {
+    if let Some((b, content_type)) = body {
         req.push_str(&format!(
-            "Content-Type: application/json\r\nContent-Length: {}\r\n",
-            body.len()
+            "Content-Type: {content_type}\r\nContent-Length: {}\r\n",
+            b.len()
         ));
     }
     req.push_str("\r\n");
     let mut req = req.into_bytes();
-    req.extend_from_slice(body);
+    req.extend_from_slice(body.map(|(b, _)| b).unwrap_or_default());
     let fut = async {
         let raw = match endpoint {
             Endpoint::Tcp(a) => exchange(tokio::net::TcpStream::connect(a).await?, &req).await?,
@@ -131,12 +144,12 @@ pub async fn request(
         };
         Ok::<_, std::io::Error>(raw)
     };
-    let raw = tokio::time::timeout(TIMEOUT, fut)
+    let raw = tokio::time::timeout(limit, fut)
         .await
         .map_err(|_| {
             unreachable(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
-                "no answer in 15 s",
+                format!("no answer in {} s", limit.as_secs()),
             ))
         })?
         .map_err(unreachable)?;

@@ -10,6 +10,13 @@
 //! | `GET /v1/grid` | the grid with its version (linearizable) |
 //! | `GET /v1/env[?stack=S]` | the global or a stack's env (linearizable) |
 //! | `POST /v1/env` | set and unset env variables (a write) |
+//! | `POST /v1/deploy?name=DEFAULT` | a stack's source tree (a tar, `source::pack`): stored here and on a second server, then deployed by the leader; answers once accepted |
+//! | `GET /v1/deploys/ID[?since=N]` | a deploy's progress lines from line N |
+//! | `GET /v1/ps[?stack=S]` | every container of every stack (or one) on every server: placement and reported state |
+//! | `GET /v1/stacks` | the stacks: live, deploying, disabled, failed |
+//! | `GET /v1/stacks/NAME/inputs` | what compiling NAME reads from the state (`quarry plan` against the cluster) |
+//! | `POST /v1/stacks/NAME/scale` | `{"node": N, "replicas": R}`: answered as a deploy |
+//! | `POST /v1/stacks/NAME/disable`, `/enable` | stop or restart a stack's containers (placements kept) |
 //!
 //! Writes are accepted on any server and forwarded to the leader; reads go through Raft's
 //! ReadIndex, so they see every write acknowledged before them. Errors are JSON
@@ -17,7 +24,7 @@
 //! state refuses a write, 404 for an unknown server. The data comes from a [`ClusterView`], so
 //! the routes know nothing of Raft.
 //!
-//! Left out: stacks, deploys and `/metrics` (later issues).
+//! Left out: `/metrics`, deleting a stack, streaming progress (the CLI polls).
 
 pub mod client;
 
@@ -31,13 +38,14 @@ use axum::extract::{Path as UrlPath, Query, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::VoterReplacement;
 use crate::gossip::member::LiveState;
 use crate::grid::GridState;
+use crate::launch::{Accepted, DeployView, PlanInputs, PsView, StackEntry};
 use crate::rpc::join::Member;
 use crate::rpc::server::BoxFuture;
 
@@ -219,7 +227,37 @@ pub struct ApiFailure {
     pub message: String,
 }
 
-/// Where the API reads the cluster from and sends writes to.
+/// `POST /v1/stacks/NAME/scale`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScaleRequest {
+    /// The node.
+    pub node: String,
+    /// The replicas wanted.
+    pub replicas: u32,
+}
+
+/// `GET /v1/stacks`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StacksView {
+    /// The stacks, by name.
+    pub stacks: Vec<StackEntry>,
+}
+
+fn no_stacks<T>() -> BoxFuture<'static, Result<T, ApiFailure>>
+where
+    T: Send + 'static,
+{
+    Box::pin(async {
+        Err(ApiFailure {
+            status: 501,
+            message: "this server does not run stacks".to_owned(),
+        })
+    })
+}
+
+/// Where the API reads the cluster from and sends writes to. The stack methods default to
+/// "not served" (501), for a view without stacks.
 pub trait ClusterView: Send + Sync + 'static {
     /// This server's name (for `/v1/health`).
     fn name(&self) -> String;
@@ -235,6 +273,50 @@ pub trait ClusterView: Send + Sync + 'static {
     fn env(&self, stack: Option<String>) -> BoxFuture<'_, Result<EnvView, ApiFailure>>;
     /// Change env variables.
     fn set_env(&self, change: EnvChange) -> BoxFuture<'_, Result<(), ApiFailure>>;
+    /// Deploy a packed source tree.
+    fn deploy(
+        &self,
+        _default_name: String,
+        _tar: Vec<u8>,
+    ) -> BoxFuture<'_, Result<Accepted, ApiFailure>> {
+        no_stacks()
+    }
+    /// A deploy's progress.
+    fn deploy_progress(
+        &self,
+        _id: String,
+        _since: usize,
+    ) -> BoxFuture<'_, Result<DeployView, ApiFailure>> {
+        no_stacks()
+    }
+    /// Containers.
+    fn ps(&self, _stack: Option<String>) -> BoxFuture<'_, Result<PsView, ApiFailure>> {
+        no_stacks()
+    }
+    /// Stacks.
+    fn stacks(&self) -> BoxFuture<'_, Result<StacksView, ApiFailure>> {
+        no_stacks()
+    }
+    /// What compiling a stack reads.
+    fn plan_inputs(&self, _stack: String) -> BoxFuture<'_, Result<PlanInputs, ApiFailure>> {
+        no_stacks()
+    }
+    /// Scale a node.
+    fn scale(
+        &self,
+        _stack: String,
+        _scale: ScaleRequest,
+    ) -> BoxFuture<'_, Result<Accepted, ApiFailure>> {
+        no_stacks()
+    }
+    /// Enable or disable a stack.
+    fn set_stack_enabled(
+        &self,
+        _stack: String,
+        _enabled: bool,
+    ) -> BoxFuture<'_, Result<(), ApiFailure>> {
+        no_stacks()
+    }
 }
 
 /// Why the API could not start.
@@ -314,8 +396,85 @@ async fn set_env(
     }
 }
 
+#[derive(Debug, Deserialize)]
+struct DeployQuery {
+    name: Option<String>,
+}
+
+async fn deploy(State(v): View, Query(q): Query<DeployQuery>, body: axum::body::Bytes) -> Response {
+    let name = q.name.unwrap_or_else(|| "stack".to_owned());
+    answer(v.deploy(name, body.to_vec()).await)
+}
+
+#[derive(Debug, Deserialize)]
+struct SinceQuery {
+    since: Option<usize>,
+}
+
+async fn deploy_progress(
+    State(v): View,
+    UrlPath(id): UrlPath<String>,
+    Query(q): Query<SinceQuery>,
+) -> Response {
+    answer(v.deploy_progress(id, q.since.unwrap_or(0)).await)
+}
+
+async fn ps(State(v): View, Query(q): Query<StackQuery>) -> Response {
+    answer(v.ps(q.stack).await)
+}
+
+async fn stacks(State(v): View) -> Response {
+    answer(v.stacks().await)
+}
+
+async fn plan_inputs(State(v): View, UrlPath(name): UrlPath<String>) -> Response {
+    answer(v.plan_inputs(name).await)
+}
+
+async fn scale(
+    State(v): View,
+    UrlPath(name): UrlPath<String>,
+    body: Result<Json<ScaleRequest>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    match body {
+        Ok(Json(s)) => answer(v.scale(name, s).await),
+        Err(e) => error(
+            StatusCode::BAD_REQUEST,
+            &format!("the body is not a scale ({{\"node\": ..., \"replicas\": N}}): {e}"),
+        ),
+    }
+}
+
+async fn disable(State(v): View, UrlPath(name): UrlPath<String>) -> Response {
+    answer(
+        v.set_stack_enabled(name.clone(), false)
+            .await
+            .map(|()| serde_json::json!({ "disabled": name })),
+    )
+}
+
+async fn enable(State(v): View, UrlPath(name): UrlPath<String>) -> Response {
+    answer(
+        v.set_stack_enabled(name.clone(), true)
+            .await
+            .map(|()| serde_json::json!({ "enabled": name })),
+    )
+}
+
 fn routes(view: Arc<dyn ClusterView>) -> Router {
+    let upload = crate::source::MAX_SOURCE_BYTES as usize + (1 << 20);
     Router::new()
+        .route(
+            "/v1/deploy",
+            post(deploy).layer(axum::extract::DefaultBodyLimit::max(upload)),
+        )
+        .route("/v1/deploys/{id}", get(deploy_progress))
+        .route("/v1/ps", get(ps))
+        .route("/v1/stacks", get(stacks))
+        .route("/v1/stacks/{name}/inputs", get(plan_inputs))
+        .route("/v1/stacks/{name}/scale", post(scale))
+        .route("/v1/stacks/{name}/disable", post(disable))
+        .route("/v1/stacks/{name}/enable", post(enable))
         .route("/v1/health", get(health))
         .route("/v1/status", get(status))
         .route("/v1/servers", get(servers))
@@ -325,7 +484,8 @@ fn routes(view: Arc<dyn ClusterView>) -> Router {
         .fallback(|| async {
             error(
                 StatusCode::NOT_FOUND,
-                "no such endpoint: see /v1/status, /v1/servers, /v1/grid, /v1/env",
+                "no such endpoint: see /v1/status, /v1/servers, /v1/grid, /v1/env, /v1/stacks, \
+                 /v1/ps",
             )
         })
         .with_state(view)

@@ -58,6 +58,9 @@ struct Flags {
     /// The hosts file whose managed block lists the live members.
     #[arg(long, global = true)]
     hosts_file: Option<PathBuf>,
+    /// The Docker engine's socket.
+    #[arg(long, global = true)]
+    docker_socket: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -109,6 +112,9 @@ fn config(f: &Flags) -> anyhow::Result<Config> {
     }
     if let Some(v) = &f.hosts_file {
         c.paths.hosts_file = v.clone();
+    }
+    if let Some(v) = &f.docker_socket {
+        c.paths.docker_socket = v.clone();
     }
     c.check()
         .map_err(|e| anyhow::anyhow!("{}: {e}", f.config.display()))?;

@@ -33,6 +33,9 @@ pub enum ControlRequest {
     },
     /// The leader's replication progress (leader only).
     Progress,
+    /// A request about stacks ([`crate::launch`]'s protocol, encoded), answered by the
+    /// server's launch handler on any server: the handler says when it must be the leader.
+    Launch(Vec<u8>),
 }
 
 /// One peer's replication as the leader sees it.
@@ -87,21 +90,47 @@ pub enum ControlAnswer {
     },
     /// Failed for good; the words say why.
     Failed(String),
+    /// The launch handler's answer (encoded) or its error.
+    Launch(Result<Vec<u8>, String>),
 }
 
 /// The Control lane's handler on a server.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ControlService {
     cluster: Arc<Cluster>,
+    launch: Option<Arc<dyn RequestHandler>>,
+}
+
+impl std::fmt::Debug for ControlService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlService")
+            .field("launch", &self.launch.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl ControlService {
     /// Serve requests with `cluster`.
     pub fn new(cluster: Arc<Cluster>) -> ControlService {
-        ControlService { cluster }
+        ControlService {
+            cluster,
+            launch: None,
+        }
     }
 
-    async fn answer(&self, req: ControlRequest) -> ControlAnswer {
+    /// Answer [`ControlRequest::Launch`] with `handler`.
+    pub fn with_launch(mut self, handler: Arc<dyn RequestHandler>) -> ControlService {
+        self.launch = Some(handler);
+        self
+    }
+
+    async fn answer(&self, peer: String, req: ControlRequest) -> ControlAnswer {
+        if let ControlRequest::Launch(bytes) = req {
+            return match &self.launch {
+                Some(h) => ControlAnswer::Launch(h.handle(peer, bytes).await),
+                None => ControlAnswer::Failed("this server runs no stacks".to_owned()),
+            };
+        }
         let c = &self.cluster;
         let status = match c.handle().status().await {
             Ok(s) => s,
@@ -131,6 +160,8 @@ impl ControlService {
                 Err(AdmitError::Failed(m)) => ControlAnswer::Failed(m),
             },
             ControlRequest::Progress => ControlAnswer::Progress(leader_view_of(&status)),
+            // Answered above, before the leader check.
+            ControlRequest::Launch(_) => ControlAnswer::Failed("misrouted request".to_owned()),
         }
     }
 }
@@ -149,7 +180,7 @@ impl RequestHandler for ControlService {
         Box::pin(async move {
             let req: ControlRequest = codec::decode(&request)
                 .map_err(|e| format!("undecodable control request from {peer}: {e}"))?;
-            let answer = self.answer(req).await;
+            let answer = self.answer(peer, req).await;
             codec::encode(&answer).map_err(|e| e.to_string())
         })
     }

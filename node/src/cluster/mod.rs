@@ -56,14 +56,16 @@
 //!
 //! # Left out
 //!
-//! Resizing a server's block when its memory changes; stacks' own commands (the deploy issue
-//! adds them, at the end of [`Command`]); the read-only on-disk mirror of the state.
+//! Resizing a server's block when its memory changes; the read-only on-disk mirror of the
+//! state. Stacks' commands (deploy, scale, retire, enable/disable, in `stacks.rs`) are
+//! computed by [`crate::launch`] and only checked and recorded here.
 
 mod control;
 pub mod heal;
 mod machine;
 pub mod membership;
 mod node;
+mod stacks;
 mod state;
 mod tasks;
 pub mod transport;
@@ -76,9 +78,9 @@ pub use control::{ControlAnswer, ControlRequest, ControlService, LeaderView, Pee
 pub use machine::{ClusterMachine, Replacements, ServerMap};
 pub use node::{Cluster, ClusterError, GossipLink, READ_DEADLINE, WRITE_DEADLINE};
 pub use state::{
-    check_env_key, check_server_name, default_grid_options, ClusterState, Command, GridOp,
-    GridResult, Outcome, Refusal, RouteTarget, ServerRecord, StackRecord, VoterReplacement,
-    FOUNDER_RAFT_ID, MAX_REPLACEMENTS,
+    check_env_key, check_server_name, check_stack_name, default_grid_options, ClusterState,
+    Command, GridOp, GridResult, Outcome, Refusal, RouteTarget, ServerRecord, StackChange,
+    StackRecord, VoterReplacement, FOUNDER_RAFT_ID, MAX_REPLACEMENTS,
 };
 pub use tasks::{
     address_book, follow_servers, grid_ops_for, keep_record, read_env_dir, read_peers, reconcile,

@@ -208,6 +208,11 @@ impl Cluster {
         &self.handle
     }
 
+    /// The dialer of this server's RPC lanes (its member certificate).
+    pub fn dialer(&self) -> &Dialer {
+        &self.dialer
+    }
+
     /// The address book.
     pub fn peers(&self) -> &Arc<Peers> {
         &self.peers

@@ -17,6 +17,9 @@
 //! - Every command that changes the grid names the grid version it was computed on; at any
 //!   other version it is refused ([`Refusal::StaleGrid`]), and a batch of grid operations
 //!   applies whole or not at all.
+//! - A stack's desired containers all sit on the grid, each on the server its placement
+//!   names; a deploy or scale names the stack revision it was computed on and is refused at
+//!   any other ([`Refusal::StaleStack`]); the stack commands live in `stacks.rs`.
 
 use std::collections::BTreeMap;
 
@@ -24,7 +27,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::grid::{DrainReport, Grid, GridError, GridOptions, PlaceOutcome};
 use crate::rpc::join::Member;
-use crate::types::{ServerId, SliceId, SliceSpec, StackState};
+use crate::source::SourceHash;
+use crate::spec::StackFile;
+use crate::types::{DesiredContainer, ServerId, SliceId, SliceSpec, StackState};
+
+pub use super::stacks::{check_stack_name, StackChange};
 
 /// The Raft id of the server that founded the cluster.
 pub const FOUNDER_RAFT_ID: u64 = 1;
@@ -39,12 +46,31 @@ pub struct ServerRecord {
 }
 
 /// A stack as the cluster holds it.
+///
+/// `desired` is what every server's reconciler runs (each the containers whose placement
+/// names it): the current revision's replicas and, until they are retired, the previous
+/// revision's (`retiring`). Every desired container's slice is on the grid, on the server its
+/// placement names.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StackRecord {
     /// The stack's own env (above the global env, below injected addresses).
     pub env: BTreeMap<String, String>,
     /// What runs: for each node, its revision, definition and placed replicas.
     pub current: StackState,
+    /// The stack's revision: how many deploys and scales were committed (0: never deployed).
+    pub revision: u64,
+    /// The source tree of the last deploy (stored by content hash on at least two servers).
+    pub source: Option<SourceHash>,
+    /// The stack file of the last deploy, scale applied (what a `quarry scale` re-plans).
+    pub file: Option<StackFile>,
+    /// Every container the stack runs, placed, env resolved.
+    pub desired: Vec<DesiredContainer>,
+    /// Slices of `desired` that stop once the replicas that replace them are healthy.
+    pub retiring: Vec<SliceId>,
+    /// Built image -> the servers that hold it (where a server missing it fetches it from).
+    pub images: BTreeMap<String, Vec<ServerId>>,
+    /// Disabled: its servers stop its containers (placements and host ports are kept).
+    pub disabled: bool,
 }
 
 /// A voter the leader found down (dead in gossip and unreachable over RPC past the grace
@@ -225,6 +251,30 @@ pub enum Command {
     },
     /// The leader replaced a down voter (the Raft change is made; this records it for status).
     RecordReplacement(VoterReplacement),
+    /// A deploy: a stack's new source, plan and placements, computed by the leader on grid
+    /// version `change.grid_version` and stack revision `change.revision - 1`.
+    Deploy(Box<StackChange>),
+    /// A scale: the same source, other replica counts; otherwise as [`Command::Deploy`].
+    Scale(Box<StackChange>),
+    /// The replaced replicas of a stack's revision `revision` stop: their slices leave the
+    /// grid (computed on grid version `grid_version`).
+    Retire {
+        /// The stack.
+        stack: String,
+        /// The stack revision the leader saw.
+        revision: u64,
+        /// The grid version it computed on.
+        grid_version: u64,
+        /// The slices, each one of the record's `retiring`.
+        slices: Vec<SliceId>,
+    },
+    /// Disable a stack (its containers stop, its placements stay) or enable it again.
+    SetStackEnabled {
+        /// The stack.
+        stack: String,
+        /// Whether it runs.
+        enabled: bool,
+    },
 }
 
 /// What an applied command did.
@@ -260,6 +310,20 @@ pub enum Outcome {
     RouteSet,
     /// A voter replacement is recorded.
     ReplacementRecorded,
+    /// A deploy or scale was committed: the stack's new revision and the grid's version.
+    StackChanged {
+        /// The stack revision.
+        revision: u64,
+        /// The grid version now.
+        grid_version: u64,
+    },
+    /// Replicas were retired; the grid's version now.
+    Retired {
+        /// The grid version now.
+        grid_version: u64,
+    },
+    /// A stack was enabled or disabled.
+    StackEnabled,
 }
 
 /// Why a command was refused (nothing changed). The text says what to do.
@@ -307,6 +371,24 @@ pub enum Refusal {
     /// A name or value that is not allowed.
     #[error("{0}")]
     Invalid(String),
+    /// No stack by that name has been deployed.
+    #[error(
+        "no stack {0} in the cluster: `quarry stacks` lists them, `quarry deploy` creates one"
+    )]
+    UnknownStack(String),
+    /// The stack changed since this change was computed.
+    #[error(
+        "stack {stack} changed since this change was computed (it was computed on revision \
+         {expected}, the stack is at revision {current}): compute it again"
+    )]
+    StaleStack {
+        /// The stack.
+        stack: String,
+        /// The revision the change was computed on.
+        expected: u64,
+        /// The stack's revision.
+        current: u64,
+    },
 }
 
 /// Whether a server name is acceptable: 1 to 63 of `A-Z a-z 0-9 - _ .`.
@@ -361,6 +443,15 @@ impl ClusterState {
                 self.replacements.drain(..over);
                 Ok(Outcome::ReplacementRecorded)
             }
+            Command::Deploy(change) => self.change_stack(*change, false),
+            Command::Scale(change) => self.change_stack(*change, true),
+            Command::Retire {
+                stack,
+                revision,
+                grid_version,
+                slices,
+            } => self.retire(&stack, revision, grid_version, &slices),
+            Command::SetStackEnabled { stack, enabled } => self.set_stack_enabled(&stack, enabled),
         }
     }
 

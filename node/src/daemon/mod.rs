@@ -43,6 +43,7 @@ use crate::cluster::{
     self, Cluster, ClusterMachine, ControlService, PeerAddr, Peers, RpcTransport,
 };
 use crate::config::Config;
+use crate::launch::{self, Launch};
 use crate::pki::{self, ClusterCa, JoinToken};
 use crate::rpc::join::{self, JoinAuthority, JoinService, Member, ServerSettings};
 use crate::rpc::{Dialer, Handlers, RpcServer};
@@ -339,7 +340,8 @@ impl Running {
 }
 
 /// `quarryd run`: start Raft from the data directory, the RPC listener (Raft, Control, Bulk
-/// and Join lanes), the HTTP API and the background tasks.
+/// and Join lanes), the HTTP API and the background tasks (membership, the stacks'
+/// reconciler on the engine at `paths.docker_socket`, and while leading, deploys' retirements).
 pub async fn run(cfg: &Config) -> Result<Running, DaemonError> {
     let s = Secrets::of(cfg);
     let identity = s.identity()?;
@@ -383,10 +385,19 @@ pub async fn run(cfg: &Config) -> Result<Running, DaemonError> {
         inbox_tx,
     ))];
     let authority: Arc<dyn JoinAuthority> = cluster.clone();
+    let launch = Launch::new(
+        cluster.clone(),
+        &cfg.paths.data,
+        Some(cfg.paths.docker_socket.clone()),
+    )
+    .map_err(|e| DaemonError::Invalid(format!("the source store: {e}")))?;
     let handlers = Handlers {
         raft: Some(lane_tx),
-        control: Some(Arc::new(ControlService::new(cluster.clone()))),
-        bulk: Some(Arc::new(snapshots)),
+        control: Some(Arc::new(
+            ControlService::new(cluster.clone())
+                .with_launch(Arc::new(launch::Handler(launch.clone()))),
+        )),
+        bulk: Some(launch.bulk_handler(Arc::new(snapshots))),
         join: Some(Arc::new(JoinService::new(
             ClusterCa::from_pem(&s.read("ca.pem")?, &s.read("ca.key")?)?,
             s.join_secret()?,
@@ -401,7 +412,7 @@ pub async fn run(cfg: &Config) -> Result<Running, DaemonError> {
         handlers,
     )
     .await?;
-    let view: Arc<dyn api::ClusterView> = cluster.clone();
+    let view: Arc<dyn api::ClusterView> = launch.clone();
     let api = ApiServer::start(
         cfg.api_addr(),
         &cfg.paths.api_socket,
@@ -441,6 +452,8 @@ pub async fn run(cfg: &Config) -> Result<Running, DaemonError> {
         cluster.clone(),
         heal_grace,
     )));
+    tasks.push(tokio::spawn(launch.clone().serve()));
+    tasks.push(tokio::spawn(launch.lead()));
     Ok(Running {
         cluster,
         rpc,

@@ -2,6 +2,7 @@
 //! create/start/remove calls the reconciler makes.
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
 
 use bollard::models::{
     ContainerCreateBody, ContainerSummary, EndpointSettings, HostConfig, NetworkingConfig,
@@ -32,9 +33,10 @@ pub mod extra_labels {
     pub const PORTS: &str = "quarry.ports";
 }
 
-/// Where the published ports are bound: the host's loopback only (the router and the health
-/// checker run on the host).
-pub const PUBLISH_IP: &str = "127.0.0.1";
+/// Where a local run (`quarry start`) publishes ports: the host's loopback only (the router
+/// and the health checker run on the host). In the cluster a server publishes on its cluster
+/// address instead, so other servers reach the replicas ([`create`]'s `publish_ip`).
+pub const PUBLISH_IP: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
 fn label_filter(stack: &str) -> HashMap<String, Vec<String>> {
     HashMap::from([(
@@ -66,6 +68,27 @@ pub async fn stack_container_ids(engine: &Engine, stack: &str) -> Result<Vec<Str
     Ok(list.into_iter().filter_map(|c| c.id).collect())
 }
 
+/// Every container of every stack on the engine whose labels quarry can read, by stack (each
+/// list sorted as [`observe`] sorts it).
+pub async fn observe_all(
+    engine: &Engine,
+) -> Result<BTreeMap<String, Vec<ObservedContainer>>, DockerError> {
+    let filters = HashMap::from([("label".to_owned(), vec![labels::STACK.to_owned()])]);
+    let mut stacks: Vec<String> = list_all(engine, Some(filters))
+        .await?
+        .into_iter()
+        .filter_map(|c| c.labels?.get(labels::STACK).cloned())
+        .collect();
+    stacks.sort();
+    stacks.dedup();
+    let mut out = BTreeMap::new();
+    for stack in stacks {
+        let observed = observe(engine, &stack).await?;
+        out.insert(stack, observed);
+    }
+    Ok(out)
+}
+
 /// Every container of the stack whose labels quarry can read, sorted by node, revision and
 /// replica. (Containers carrying the stack label but not the others are skipped here; `quarry
 /// stop` still removes them through [`stack_container_ids`].)
@@ -89,11 +112,16 @@ pub async fn observe(engine: &Engine, stack: &str) -> Result<Vec<ObservedContain
             .status
             .map(|s| s.to_string())
             .unwrap_or_else(|| "unknown".to_owned());
-        let host_ports = inspect
+        let bindings = inspect
             .host_config
             .and_then(|h| h.port_bindings)
-            .map(|bindings| parse_bindings(&bindings))
             .unwrap_or_default();
+        let host_ports = parse_bindings(&bindings);
+        let publish_ip = bindings
+            .values()
+            .flatten()
+            .flatten()
+            .find_map(|b| b.host_ip.as_deref()?.parse::<IpAddr>().ok());
         let name = inspect
             .name
             .unwrap_or_default()
@@ -110,6 +138,12 @@ pub async fn observe(engine: &Engine, stack: &str) -> Result<Vec<ObservedContain
                 },
                 status,
                 host_ports,
+                publish_ip,
+                image: inspect
+                    .config
+                    .as_ref()
+                    .and_then(|c| c.image.clone())
+                    .unwrap_or_default(),
                 started_at: state.started_at.filter(|s| !s.starts_with("0001-")),
                 pid: state.pid.filter(|p| *p > 0),
                 ..c
@@ -163,6 +197,8 @@ fn from_labels(l: &HashMap<String, String>) -> Option<ObservedContainer> {
         state: RunState::Stopped,
         status: String::new(),
         host_ports: BTreeMap::new(),
+        publish_ip: None,
+        image: String::new(),
         started_at: None,
         pid: None,
     })
@@ -185,20 +221,29 @@ fn parse_bindings(bindings: &HashMap<String, Option<Vec<PortBinding>>>) -> BTree
     out
 }
 
-/// Creates (does not start) the container of a placed desired container on `network`.
-/// `meta` (domains, definition fields) is recorded in labels so the current state can be read
-/// back.
+/// Creates (does not start) the container of a placed desired container on `network`, its
+/// ports published on `publish_ip` (loopback for a local run, the server's cluster address in
+/// the cluster). `meta` (domains, definition fields) is recorded in labels so the current
+/// state can be read back. The container's hostname is `NODE-rREVISION-REPLICA`; its alias
+/// on the stack network is its placement's host unless that is an address.
 pub async fn create(
     engine: &Engine,
     network: &str,
     desired: &DesiredContainer,
     meta: &NodeMeta,
+    publish_ip: IpAddr,
 ) -> Result<String, DockerError> {
     let name = desired.container_name();
     let placement = desired.placement.as_ref();
+    let hostname = format!("{}-r{}-{}", desired.node, desired.revision, desired.replica);
     let host = placement
         .map(|p| p.host.clone())
-        .unwrap_or_else(|| name.clone());
+        .unwrap_or_else(|| hostname.clone());
+    let aliases = if host.parse::<IpAddr>().is_ok() {
+        vec![hostname.clone()]
+    } else {
+        vec![host.clone()]
+    };
     let mut labels: HashMap<String, String> = desired.labels().into_iter().collect();
     labels.insert(extra_labels::HOST.to_owned(), host.clone());
     if let Some(health) = &desired.health {
@@ -233,7 +278,7 @@ pub async fn create(
                     (
                         format!("{port}/tcp"),
                         Some(vec![PortBinding {
-                            host_ip: Some(PUBLISH_IP.to_owned()),
+                            host_ip: Some(publish_ip.to_string()),
                             host_port: Some(host_port.to_string()),
                         }]),
                     )
@@ -253,7 +298,7 @@ pub async fn create(
         ),
         labels: Some(labels),
         exposed_ports: Some(desired.ports.iter().map(|p| format!("{p}/tcp")).collect()),
-        hostname: Some(host.clone()),
+        hostname: Some(hostname),
         host_config: Some(HostConfig {
             restart_policy: Some(RestartPolicy {
                 name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
@@ -270,7 +315,7 @@ pub async fn create(
             endpoints_config: Some(HashMap::from([(
                 network.to_owned(),
                 EndpointSettings {
-                    aliases: Some(vec![host]),
+                    aliases: Some(aliases),
                     ..Default::default()
                 },
             )])),

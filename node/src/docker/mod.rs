@@ -94,6 +94,31 @@ impl Engine {
         Ok(Engine { docker })
     }
 
+    /// Connects to the engine on the unix socket `socket` (a server's `paths.docker_socket`),
+    /// as [`Engine::connect`] does otherwise. Requests may take up to ten minutes (image
+    /// builds and loads).
+    pub async fn connect_at(socket: &std::path::Path) -> Result<Engine, DockerError> {
+        let unreachable = |e: bollard::errors::Error| DockerError::Unreachable {
+            detail: format!("{}: {e}", socket.display()),
+        };
+        let docker = Docker::connect_with_socket(
+            &socket.display().to_string(),
+            600,
+            bollard::API_DEFAULT_VERSION,
+        )
+        .map_err(unreachable)?;
+        let docker = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            let docker = docker.negotiate_version().await.map_err(unreachable)?;
+            docker.ping().await.map_err(unreachable)?;
+            Ok::<_, DockerError>(docker)
+        })
+        .await
+        .map_err(|_| DockerError::Unreachable {
+            detail: format!("{}: no answer within 10 s", socket.display()),
+        })??;
+        Ok(Engine { docker })
+    }
+
     /// The bollard client.
     pub fn client(&self) -> &Docker {
         &self.docker

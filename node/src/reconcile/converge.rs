@@ -1,7 +1,7 @@
 //! The converging shell: executes a [`Diff`] on the local Docker engine.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use super::diff::{Diff, NodeMeta, ObservedContainer};
@@ -59,6 +59,8 @@ pub struct Converger<'a> {
     meta: BTreeMap<String, NodeMeta>,
     /// How long new replicas may take to get healthy.
     health_timeout: Duration,
+    /// Where ports are published (and probed).
+    publish_ip: IpAddr,
     /// Where progress lines go.
     log: &'a (dyn Fn(&str) + Sync),
 }
@@ -73,13 +75,14 @@ impl std::fmt::Debug for Converger<'_> {
 }
 
 /// The address the host reaches a replica's main port on.
-fn main_addr(ports: &[u16], host_ports: &BTreeMap<u16, u16>) -> Option<SocketAddr> {
+fn main_addr(ports: &[u16], host_ports: &BTreeMap<u16, u16>, ip: IpAddr) -> Option<SocketAddr> {
     let main = ports.first()?;
     let host = host_ports.get(main)?;
-    Some(SocketAddr::from((Ipv4Addr::LOCALHOST, *host)))
+    Some(SocketAddr::new(ip, *host))
 }
 
-fn target_of_desired(d: &DesiredContainer) -> Target {
+/// The probe target of a desired container whose ports are published on `ip`.
+pub fn target_of_desired(d: &DesiredContainer, ip: IpAddr) -> Target {
     let host_ports = d
         .placement
         .as_ref()
@@ -87,18 +90,33 @@ fn target_of_desired(d: &DesiredContainer) -> Target {
         .unwrap_or_default();
     Target {
         slice: d.slice.clone(),
-        addr: main_addr(&d.ports, &host_ports),
+        addr: main_addr(&d.ports, &host_ports, ip),
         health: d.health.clone(),
     }
 }
 
-/// The probe target of an observed container, from its labels.
+/// The probe target of an observed container, from its labels and port bindings.
 pub fn target_of_observed(o: &ObservedContainer) -> Target {
     Target {
         slice: o.slice.clone(),
-        addr: main_addr(&o.ports, &o.host_ports),
+        addr: main_addr(
+            &o.ports,
+            &o.host_ports,
+            o.publish_ip.unwrap_or(containers::PUBLISH_IP),
+        ),
         health: o.health.clone(),
     }
+}
+
+/// What [`Converger::start_now`] did, container by container (it goes on past failures).
+#[derive(Debug, Clone, Default)]
+pub struct StartReport {
+    /// Containers created now: slice -> container id.
+    pub created: BTreeMap<SliceId, String>,
+    /// Containers started now (they existed, stopped).
+    pub started: BTreeSet<SliceId>,
+    /// Containers that could not be replaced, created or started: slice -> why.
+    pub failed: BTreeMap<SliceId, String>,
 }
 
 impl<'a> Converger<'a> {
@@ -115,8 +133,70 @@ impl<'a> Converger<'a> {
             network,
             meta,
             health_timeout,
+            publish_ip: containers::PUBLISH_IP,
             log,
         }
+    }
+
+    /// Publish ports on `ip` (and probe them there) instead of loopback: a server of the
+    /// cluster publishes on its cluster address.
+    pub fn publish_on(mut self, ip: IpAddr) -> Self {
+        self.publish_ip = ip;
+        self
+    }
+
+    /// The cluster's step: replace, create and start what the diff asks (services first),
+    /// without waiting for health and without rolling back: a container that fails is
+    /// reported and tried again on the next round, while health is watched (and reported)
+    /// on its own. Removes nothing that is merely undesired.
+    pub async fn start_now(&self, diff: &Diff) -> StartReport {
+        let mut report = StartReport::default();
+        let mut create: Vec<&DesiredContainer> = diff.create.iter().collect();
+        for (old, new) in &diff.replace {
+            (self.log)(&format!("replacing {}", old.name));
+            match containers::stop_and_remove(self.engine, &old.id, 10).await {
+                Ok(()) => create.push(new),
+                Err(e) => {
+                    report.failed.insert(new.slice.clone(), e.to_string());
+                }
+            }
+        }
+        create.sort_by_key(|d| (d.kind != Kind::Service, d.node.clone(), d.replica));
+        for d in create {
+            (self.log)(&format!("creating {}", d.container_name()));
+            let meta = self.meta.get(&d.node).cloned().unwrap_or_default();
+            let made =
+                containers::create(self.engine, &self.network, d, &meta, self.publish_ip).await;
+            let started = match made {
+                Ok(id) => {
+                    let r = containers::start(self.engine, &id).await;
+                    if r.is_err() {
+                        // A container that cannot start (its port is taken...) goes, so the
+                        // next round creates it afresh.
+                        let _ = containers::remove(self.engine, &id).await;
+                    } else {
+                        report.created.insert(d.slice.clone(), id);
+                    }
+                    r
+                }
+                Err(e) => Err(e),
+            };
+            if let Err(e) = started {
+                report.failed.insert(d.slice.clone(), e.to_string());
+            }
+        }
+        for o in &diff.start {
+            (self.log)(&format!("starting {}", o.name));
+            match containers::start(self.engine, &o.id).await {
+                Ok(()) => {
+                    report.started.insert(o.slice.clone());
+                }
+                Err(e) => {
+                    report.failed.insert(o.slice.clone(), e.to_string());
+                }
+            }
+        }
+        report
     }
 
     /// Steps 1–3: replaces, creates and starts what the diff asks, services first, and waits
@@ -160,10 +240,11 @@ impl<'a> Converger<'a> {
                 let name = d.container_name();
                 (self.log)(&format!("creating {name}"));
                 let meta = self.meta.get(&d.node).cloned().unwrap_or_default();
-                let id = containers::create(self.engine, &self.network, d, &meta).await?;
+                let id = containers::create(self.engine, &self.network, d, &meta, self.publish_ip)
+                    .await?;
                 report.created.insert(d.slice.clone(), id.clone());
                 containers::start(self.engine, &id).await?;
-                targets.push(target_of_desired(d));
+                targets.push(target_of_desired(d, self.publish_ip));
             }
             for o in diff.start.iter().filter(|o| wanted(o.kind)) {
                 (self.log)(&format!("starting {}", o.name));
@@ -171,7 +252,7 @@ impl<'a> Converger<'a> {
                 report.started.insert(o.slice.clone());
                 let d = by_slice.get(&o.slice);
                 targets.push(match d {
-                    Some(d) => target_of_desired(d),
+                    Some(d) => target_of_desired(d, self.publish_ip),
                     None => target_of_observed(o),
                 });
             }
@@ -222,7 +303,7 @@ impl<'a> Converger<'a> {
             .keep
             .iter()
             .map(|o| match by_slice.get(&o.slice) {
-                Some(d) => target_of_desired(d),
+                Some(d) => target_of_desired(d, self.publish_ip),
                 None => target_of_observed(o),
             })
             .collect();

@@ -68,6 +68,11 @@ pub struct ObservedContainer {
     pub status: String,
     /// Container port -> published host port.
     pub host_ports: BTreeMap<u16, u16>,
+    /// The address its ports are published on (loopback locally, the server's cluster
+    /// address in the cluster).
+    pub publish_ip: Option<std::net::IpAddr>,
+    /// The image reference it was created from.
+    pub image: String,
     /// When it last started (RFC 3339), if it ever did.
     pub started_at: Option<String>,
     /// The pid of its main process on the host, while running.

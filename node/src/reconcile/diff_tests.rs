@@ -44,6 +44,8 @@ fn observed_of(d: &DesiredContainer, state: RunState) -> ObservedContainer {
         state,
         status: "running".into(),
         host_ports: p.host_ports.clone(),
+        publish_ip: None,
+        image: d.image.reference().to_owned(),
         started_at: None,
         pid: None,
     }

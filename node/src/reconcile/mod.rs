@@ -12,9 +12,16 @@
 //!
 //! A new replica that does not get healthy in time fails the run: every container created
 //! in it is removed again and nothing old was touched (the old revision keeps serving).
+//!
+//! In the cluster ([`crate::launch`]) each server runs the same diff over the placed
+//! containers that name it, publishing on its cluster address
+//! ([`Converger::publish_on`]), and converges with [`Converger::start_now`]: nothing waits
+//! for health there (it is watched and reported to the leader on its own) and nothing is
+//! rolled back (a failed container is tried again next round); only the caller decides when
+//! its view is fresh enough to retire anything.
 
 pub mod converge;
 pub mod diff;
 
-pub use converge::{Converger, ReconcileError, UpReport};
+pub use converge::{Converger, ReconcileError, StartReport, UpReport};
 pub use diff::{current_state, diff, Diff, NodeMeta, ObservedContainer, RunState};

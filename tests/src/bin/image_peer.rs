@@ -81,6 +81,7 @@ async fn serve(addr: SocketAddr, pki: &Path) -> anyhow::Result<()> {
     let bulk = BulkHandler {
         images: Some(Arc::new(ImageReceiver::new(engine))),
         sources: None,
+        raft: None,
     };
     let handlers = Handlers {
         bulk: Some(Arc::new(bulk)),

@@ -1,0 +1,239 @@
+//! The stack commands of the cluster state: deploy, scale, retire, enable/disable. Pure, like
+//! the rest of `apply`.
+//!
+//! The leader compiles and places a deploy on its copy of the state ([`crate::launch`]) and
+//! proposes the result as a [`StackChange`]; `apply` only checks and records it:
+//!
+//! - the stack revision it was computed on is the record's (else [`Refusal::StaleStack`]), and
+//!   the grid version too (else [`Refusal::StaleGrid`]);
+//! - every new slice lands, placed again here exactly as the leader placed it (the grid is
+//!   deterministic), on the server the container's placement names; freed slices leave;
+//! - afterwards every desired container's slice is on the grid on its placement's server;
+//! - a domain routed to another stack is refused.
+//!
+//! All or nothing: a refused change leaves the state as it was.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use super::state::{ClusterState, Outcome, Refusal, RouteTarget};
+use crate::grid::{GridError, PlaceOutcome};
+use crate::source::SourceHash;
+use crate::spec::StackFile;
+use crate::types::{DesiredContainer, ServerId, SliceId, SliceSpec, StackState};
+
+/// What a deploy or a scale commits for one stack.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StackChange {
+    /// The stack.
+    pub stack: String,
+    /// The revision this change makes: the record's plus one.
+    pub revision: u64,
+    /// The grid version the placements were computed on.
+    pub grid_version: u64,
+    /// New slices, placed in this order.
+    pub place: Vec<SliceSpec>,
+    /// Slices freed at once (replicas scaled away, nodes gone from the file).
+    pub remove: Vec<SliceId>,
+    /// The source tree.
+    pub source: SourceHash,
+    /// The stack file (scale applied).
+    pub file: StackFile,
+    /// The stack's state once the change has run.
+    pub current: StackState,
+    /// Every container the stack runs from now on (retiring ones included).
+    pub desired: Vec<DesiredContainer>,
+    /// Slices of `desired` that stop once their replacements are healthy.
+    pub retiring: Vec<SliceId>,
+    /// Built image -> servers holding it.
+    pub images: BTreeMap<String, Vec<ServerId>>,
+    /// The stack's routes: domain -> web node.
+    pub routes: BTreeMap<String, String>,
+}
+
+/// Whether a stack name is acceptable: 1 to 63 of `a-z 0-9 -`, starting with a letter or digit
+/// (it becomes part of container, network and image names).
+pub fn check_stack_name(name: &str) -> Result<(), Refusal> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && !name.starts_with('-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(Refusal::Invalid(format!(
+            "stack name {name:?}: use 1 to 63 lower-case letters, digits or '-'"
+        )))
+    }
+}
+
+impl ClusterState {
+    pub(super) fn change_stack(
+        &mut self,
+        change: StackChange,
+        scale: bool,
+    ) -> Result<Outcome, Refusal> {
+        check_stack_name(&change.stack)?;
+        let record = self.stacks.get(&change.stack).cloned().unwrap_or_default();
+        if change.revision != record.revision + 1 {
+            return Err(Refusal::StaleStack {
+                stack: change.stack,
+                expected: change.revision.saturating_sub(1),
+                current: record.revision,
+            });
+        }
+        if scale && record.source.as_ref() != Some(&change.source) {
+            return Err(Refusal::Invalid(format!(
+                "a scale of {} keeps its source: deploy to change it",
+                change.stack
+            )));
+        }
+        if change.grid_version != self.grid.version() {
+            return Err(Refusal::StaleGrid {
+                expected: change.grid_version,
+                current: self.grid.version(),
+            });
+        }
+        for domain in change.routes.keys() {
+            if let Some(t) = self.routes.get(domain) {
+                if t.stack != change.stack {
+                    return Err(Refusal::Invalid(format!(
+                        "domain {domain} is routed to stack {}: remove it there first",
+                        t.stack
+                    )));
+                }
+            }
+        }
+        let where_of: BTreeMap<&SliceId, &ServerId> = change
+            .desired
+            .iter()
+            .filter_map(|d| d.placement.as_ref().map(|p| (&d.slice, &p.server)))
+            .collect();
+        let mut grid = self.grid.clone();
+        let mut op = 0usize;
+        let refused = |op: usize, message: String| Refusal::Grid { op, message };
+        for spec in &change.place {
+            let id = spec.id.clone();
+            let placed = grid
+                .place(spec.clone())
+                .map_err(|e: GridError| refused(op, e.to_string()))?;
+            match (placed.result, where_of.get(&id)) {
+                (PlaceOutcome::Placed { block, .. }, Some(want)) if &block == *want => {}
+                (outcome, want) => {
+                    return Err(refused(
+                        op,
+                        format!("slice {id} placed as {outcome:?}, the change says {want:?}"),
+                    ))
+                }
+            }
+            op += 1;
+        }
+        for id in &change.remove {
+            grid.remove_slice(id)
+                .map_err(|e| refused(op, e.to_string()))?;
+            op += 1;
+        }
+        for d in &change.desired {
+            let on = grid.block_of(&d.slice);
+            let want = d.placement.as_ref().map(|p| &p.server);
+            if on.is_none() || on != want {
+                return Err(Refusal::Invalid(format!(
+                    "container {} is not on the grid where its placement says: compute the \
+                     change again",
+                    d.container_name()
+                )));
+            }
+        }
+        let retiring: BTreeSet<&SliceId> = change.desired.iter().map(|d| &d.slice).collect();
+        if let Some(s) = change.retiring.iter().find(|s| !retiring.contains(s)) {
+            return Err(Refusal::Invalid(format!(
+                "retiring slice {s} is not among the stack's containers"
+            )));
+        }
+        self.grid = grid;
+        self.routes.retain(|_, t| t.stack != change.stack);
+        for (domain, node) in &change.routes {
+            self.routes.insert(
+                domain.clone(),
+                RouteTarget {
+                    stack: change.stack.clone(),
+                    node: node.clone(),
+                },
+            );
+        }
+        let rec = self.stacks.entry(change.stack.clone()).or_default();
+        rec.current = change.current;
+        rec.current.name = change.stack;
+        rec.revision = change.revision;
+        rec.source = Some(change.source);
+        rec.file = Some(change.file);
+        rec.desired = change.desired;
+        rec.retiring = change.retiring;
+        rec.images = change.images;
+        Ok(Outcome::StackChanged {
+            revision: change.revision,
+            grid_version: self.grid.version(),
+        })
+    }
+
+    pub(super) fn retire(
+        &mut self,
+        stack: &str,
+        revision: u64,
+        grid_version: u64,
+        slices: &[SliceId],
+    ) -> Result<Outcome, Refusal> {
+        let Some(rec) = self.stacks.get(stack) else {
+            return Err(Refusal::UnknownStack(stack.to_owned()));
+        };
+        if rec.revision != revision {
+            return Err(Refusal::StaleStack {
+                stack: stack.to_owned(),
+                expected: revision,
+                current: rec.revision,
+            });
+        }
+        if grid_version != self.grid.version() {
+            return Err(Refusal::StaleGrid {
+                expected: grid_version,
+                current: self.grid.version(),
+            });
+        }
+        if let Some(s) = slices.iter().find(|s| !rec.retiring.contains(s)) {
+            return Err(Refusal::Invalid(format!(
+                "slice {s} of stack {stack} is not retiring"
+            )));
+        }
+        let mut grid = self.grid.clone();
+        for (op, id) in slices.iter().enumerate() {
+            grid.remove_slice(id).map_err(|e| Refusal::Grid {
+                op,
+                message: e.to_string(),
+            })?;
+        }
+        self.grid = grid;
+        let rec = self.stacks.get_mut(stack).expect("checked above");
+        rec.retiring.retain(|s| !slices.contains(s));
+        rec.desired.retain(|d| !slices.contains(&d.slice));
+        Ok(Outcome::Retired {
+            grid_version: self.grid.version(),
+        })
+    }
+
+    pub(super) fn set_stack_enabled(
+        &mut self,
+        stack: &str,
+        enabled: bool,
+    ) -> Result<Outcome, Refusal> {
+        match self.stacks.get_mut(stack) {
+            Some(rec) if rec.revision > 0 => {
+                rec.disabled = !enabled;
+                Ok(Outcome::StackEnabled)
+            }
+            _ => Err(Refusal::UnknownStack(stack.to_owned())),
+        }
+    }
+}

@@ -1,0 +1,302 @@
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::*;
+use crate::cluster::{Command, GridOp, Outcome, Refusal};
+use crate::rpc::join::{Member, ServerSettings};
+use crate::spec::{self, Facts};
+use crate::types::Kind;
+
+struct Digests(&'static str);
+impl Facts for Digests {
+    fn build_digest(&self, dir: &str) -> Result<String, String> {
+        Ok(format!("{}{:0<60}", self.0, dir.len()))
+    }
+    fn max_server_memory(&self) -> Option<u64> {
+        None
+    }
+}
+
+const EXAMPLE: &str = include_str!("../../../examples/guestbook/quarry.yml");
+
+fn stack(yml: &str, digest: &'static str) -> StackFile {
+    match spec::parse("quarry.yml", yml, "guestbook", &Digests(digest)) {
+        Ok((s, _)) => s,
+        Err(d) => panic!("{d}"),
+    }
+}
+
+fn source(n: u8) -> SourceHash {
+    SourceHash::of(&[n])
+}
+
+fn member(name: &str, ip: &str) -> Member {
+    Member {
+        name: name.to_owned(),
+        address: ip.parse().expect("ip"),
+        rpc_port: 7701,
+        gossip_port: 7702,
+        api_port: 7700,
+        hostname: name.to_owned(),
+        memory: 1 << 30,
+        tags: vec![],
+        settings: ServerSettings::default(),
+    }
+}
+
+/// Three servers h1..h3 of 1 GiB, each with its grid block.
+fn cluster() -> ClusterState {
+    let mut s = ClusterState::default();
+    s.apply(
+        1,
+        Command::Found {
+            member: member("h1", "10.0.0.1"),
+            env: BTreeMap::new(),
+        },
+    )
+    .expect("found");
+    for (n, ip) in [("h2", "10.0.0.2"), ("h3", "10.0.0.3")] {
+        s.apply(
+            2,
+            Command::AddServer {
+                member: member(n, ip),
+            },
+        )
+        .expect("add");
+    }
+    let ops = crate::cluster::grid_ops_for(&s.servers, &s.grid);
+    let version = s.grid.version();
+    s.apply(3, Command::Grid { version, ops }).expect("blocks");
+    s
+}
+
+fn deploy(s: &mut ClusterState, file: &StackFile, src: &SourceHash) -> Compiled {
+    let c = compile(&PlanInputs::of(s, &file.name), file, src).expect("compiles");
+    match s.apply(9, Command::Deploy(Box::new(c.change.clone()))) {
+        Ok(Outcome::StackChanged { .. }) => c,
+        other => panic!("deploy refused: {other:?}"),
+    }
+}
+
+fn servers_of(s: &ClusterState, node: &str) -> Vec<String> {
+    s.stacks["guestbook"]
+        .desired
+        .iter()
+        .filter(|d| d.node == node)
+        .map(|d| d.placement.as_ref().expect("placed").server.0.clone())
+        .collect()
+}
+
+#[test]
+fn a_first_deploy_places_everything_spreads_web_and_commits_with_the_grid() {
+    let mut s = cluster();
+    let file = stack(EXAMPLE, "a");
+    let c = deploy(&mut s, &file, &source(1));
+    let rec = &s.stacks["guestbook"];
+    assert_eq!(rec.revision, 1);
+    assert_eq!(rec.desired.len(), 4, "kv, 2 web, ticker");
+    assert!(rec.retiring.is_empty());
+    let web = servers_of(&s, "web");
+    assert_eq!(web.len(), 2);
+    assert_ne!(web[0], web[1], "web replicas on different servers");
+    for d in &rec.desired {
+        let p = d.placement.as_ref().expect("placed");
+        assert_eq!(s.grid.block_of(&d.slice), Some(&p.server));
+        assert_eq!(p.host, format!("10.0.0.{}", &p.server.0[1..]));
+        if d.kind != Kind::Service {
+            let kv = &rec.desired.iter().find(|k| k.node == "kv").expect("kv");
+            let kvp = kv.placement.as_ref().expect("kv placed");
+            assert_eq!(d.env["KV_HOST"], kvp.host);
+            assert_eq!(d.env["KV_PORT"], kvp.host_ports[&7000].to_string());
+        }
+    }
+    assert_eq!(s.routes["guestbook.test"].node, "web");
+    assert_eq!(c.new_placements().len(), 4);
+    // Compiled again unchanged: nothing to place, free or retire.
+    let again = compile(&PlanInputs::of(&s, "guestbook"), &file, &source(1)).expect("again");
+    assert!(again.change.place.is_empty() && again.change.remove.is_empty());
+    assert!(again.change.retiring.is_empty());
+    assert_eq!(again.change.desired, s.stacks["guestbook"].desired);
+}
+
+#[test]
+fn a_changed_web_node_keeps_the_old_replicas_until_they_are_retired() {
+    let mut s = cluster();
+    deploy(&mut s, &stack(EXAMPLE, "a"), &source(1));
+    let old: BTreeSet<SliceId> = s.stacks["guestbook"]
+        .desired
+        .iter()
+        .filter(|d| d.node == "web")
+        .map(|d| d.slice.clone())
+        .collect();
+    let changed = EXAMPLE.replace("GREETING: hello", "GREETING: bonjour");
+    deploy(&mut s, &stack(&changed, "a"), &source(2));
+    let rec = s.stacks["guestbook"].clone();
+    assert_eq!(rec.revision, 2);
+    let retiring: BTreeSet<SliceId> = rec.retiring.iter().cloned().collect();
+    assert!(
+        old.is_subset(&retiring),
+        "old web retires: {retiring:?} {old:?}"
+    );
+    let webs = rec.desired.iter().filter(|d| d.node == "web").count();
+    assert_eq!(webs, 4, "old and new web run side by side");
+    // A stale retire is refused; the right one frees the slices.
+    let version = s.grid.version();
+    let slices: Vec<SliceId> = rec.retiring.clone();
+    assert!(matches!(
+        s.apply(
+            10,
+            Command::Retire {
+                stack: "guestbook".into(),
+                revision: 1,
+                grid_version: version,
+                slices: slices.clone()
+            }
+        ),
+        Err(Refusal::StaleStack { .. })
+    ));
+    s.apply(
+        11,
+        Command::Retire {
+            stack: "guestbook".into(),
+            revision: 2,
+            grid_version: version,
+            slices,
+        },
+    )
+    .expect("retire");
+    let rec = &s.stacks["guestbook"];
+    assert!(rec.retiring.is_empty());
+    assert_eq!(rec.desired.iter().filter(|d| d.node == "web").count(), 2);
+    for o in &old {
+        assert_eq!(s.grid.block_of(o), None, "{o} left the grid");
+    }
+}
+
+#[test]
+fn a_scale_places_or_frees_at_once_and_keeps_the_other_replicas() {
+    let mut s = cluster();
+    let file = stack(EXAMPLE, "a");
+    deploy(&mut s, &file, &source(1));
+    let before = s.stacks["guestbook"].desired.clone();
+    let three = rescale(&file, "web", 3).expect("scale");
+    let c = compile(&PlanInputs::of(&s, "guestbook"), &three, &source(1)).expect("compile");
+    assert_eq!(c.change.place.len(), 1);
+    s.apply(12, Command::Scale(Box::new(c.change)))
+        .expect("scale up");
+    let web = servers_of(&s, "web");
+    assert_eq!(
+        web.iter().collect::<BTreeSet<_>>().len(),
+        3,
+        "three web replicas on three servers: {web:?}"
+    );
+    for d in &before {
+        assert!(
+            s.stacks["guestbook"].desired.contains(d),
+            "{} kept as it was",
+            d.container_name()
+        );
+    }
+    let one = rescale(&file, "web", 1).expect("scale");
+    let c = compile(&PlanInputs::of(&s, "guestbook"), &one, &source(1)).expect("compile");
+    assert_eq!(c.change.remove.len(), 2);
+    assert!(c.change.retiring.is_empty(), "a scale-down frees at once");
+    s.apply(13, Command::Scale(Box::new(c.change)))
+        .expect("scale down");
+    assert_eq!(servers_of(&s, "web").len(), 1);
+    // A scale cannot change the source.
+    let c = compile(&PlanInputs::of(&s, "guestbook"), &one, &source(7)).expect("compile");
+    assert!(matches!(
+        s.apply(14, Command::Scale(Box::new(c.change))),
+        Err(Refusal::Invalid(_))
+    ));
+}
+
+#[test]
+fn a_change_computed_on_an_old_stack_or_grid_is_refused_and_changes_nothing() {
+    let mut s = cluster();
+    let file = stack(EXAMPLE, "a");
+    let first = compile(&PlanInputs::of(&s, "guestbook"), &file, &source(1)).expect("compile");
+    let racing = first.change.clone();
+    s.apply(9, Command::Deploy(Box::new(first.change)))
+        .expect("first");
+    let before = s.clone();
+    assert!(matches!(
+        s.apply(10, Command::Deploy(Box::new(racing.clone()))),
+        Err(Refusal::StaleStack { .. })
+    ));
+    // Same stack revision, but the grid moved.
+    let mut moved = cluster();
+    let change = compile(&PlanInputs::of(&moved, "guestbook"), &file, &source(1))
+        .expect("compile")
+        .change;
+    let version = moved.grid.version();
+    moved
+        .apply(
+            11,
+            Command::Grid {
+                version,
+                ops: vec![GridOp::DrainBlock {
+                    server: ServerId("h3".into()),
+                }],
+            },
+        )
+        .expect("drain");
+    let unchanged = moved.clone();
+    assert!(matches!(
+        moved.apply(12, Command::Deploy(Box::new(change))),
+        Err(Refusal::StaleGrid { .. })
+    ));
+    assert_eq!(moved, unchanged);
+    assert_eq!(s, before);
+}
+
+#[test]
+fn a_domain_of_another_stack_and_unknown_stacks_are_refused() {
+    let mut s = cluster();
+    deploy(&mut s, &stack(EXAMPLE, "a"), &source(1));
+    let other = stack(&EXAMPLE.replace("name: guestbook", "name: other"), "b");
+    let e = compile(&PlanInputs::of(&s, "other"), &other, &source(2)).expect_err("taken");
+    assert!(
+        e.to_string().contains("already routed to stack guestbook"),
+        "{e}"
+    );
+    assert_eq!(
+        s.apply(
+            3,
+            Command::SetStackEnabled {
+                stack: "nope".into(),
+                enabled: false
+            }
+        ),
+        Err(Refusal::UnknownStack("nope".into()))
+    );
+    s.apply(
+        4,
+        Command::SetStackEnabled {
+            stack: "guestbook".into(),
+            enabled: false,
+        },
+    )
+    .expect("disable");
+    assert!(s.stacks["guestbook"].disabled);
+}
+
+#[test]
+fn rescale_refuses_services_zero_and_unknown_nodes() {
+    let file = stack(EXAMPLE, "a");
+    assert!(rescale(&file, "kv", 2).unwrap_err().contains("service"));
+    assert!(rescale(&file, "web", 0)
+        .unwrap_err()
+        .contains("quarry disable"));
+    assert!(rescale(&file, "nope", 2)
+        .unwrap_err()
+        .contains("kv, web, ticker"));
+    assert_eq!(
+        rescale(&file, "web", 5)
+            .expect("ok")
+            .node("web")
+            .expect("web")
+            .scale,
+        5
+    );
+}
