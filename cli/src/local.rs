@@ -70,9 +70,18 @@ pub fn save_listen(stack: &str, listen: SocketAddr) -> anyhow::Result<()> {
 /// Reads and checks DIR/quarry.yml the way `quarry plan` does (the same default name and the
 /// same facts: build directories, this machine's memory as the one server's).
 pub fn load(dir: &Path) -> Result<(StackFile, Vec<Diagnostic>), LoadError> {
+    load_for(dir, crate::cmd::local_memory())
+}
+
+/// Reads and checks DIR/quarry.yml against servers whose largest has `max_memory` bytes
+/// (`None`: not known yet); the stack is named after the directory unless the file says.
+pub fn load_for(
+    dir: &Path,
+    max_memory: Option<u64>,
+) -> Result<(StackFile, Vec<Diagnostic>), LoadError> {
     let facts = DirFacts {
         root: dir.to_owned(),
-        max_memory: crate::cmd::local_memory(),
+        max_memory,
     };
     let default_name = dir
         .canonicalize()

@@ -103,21 +103,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
 
 /// The plan against the cluster (see the module docs).
 async fn cluster(target: &Target, dir: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {
-    let name = dir
-        .canonicalize()
-        .ok()
-        .and_then(|d| {
-            d.file_name()
-                .map(|n| n.to_string_lossy().to_ascii_lowercase())
-        })
-        .unwrap_or_else(|| "stack".to_owned());
-    let load = |max_memory| {
-        let facts = quarry_node::spec::DirFacts {
-            root: dir.to_owned(),
-            max_memory,
-        };
-        quarry_node::spec::load_with(dir, &name, &facts)
-    };
+    let load = |max_memory| local::load_for(dir, max_memory);
     let report = |diags: &quarry_node::spec::Diagnostics| {
         if json {
             println!("{}", serde_json::json!({ "errors": diags.0 }));
