@@ -204,13 +204,8 @@ impl Cluster {
         loop {
             let st = self.statuses().await;
             let group: Vec<&Status> = st.values().filter(|s| among.contains(&s.id)).collect();
-            if let Some(l) = group.iter().find(|s| s.role == Role::Leader) {
-                if group
-                    .iter()
-                    .all(|s| s.leader == Some(l.id) && s.term == l.term)
-                {
-                    return l.id;
-                }
+            if let Some(l) = agreed_leader(&group) {
+                return l;
             }
             assert!(
                 Instant::now() < deadline,
@@ -330,4 +325,13 @@ impl Cluster {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+}
+
+/// The leader every status in `group` names, in one term, if one of them leads.
+pub fn agreed_leader(group: &[&Status]) -> Option<u64> {
+    let l = group.iter().find(|s| s.role == Role::Leader)?;
+    group
+        .iter()
+        .all(|s| s.leader == Some(l.id) && s.term == l.term)
+        .then_some(l.id)
 }

@@ -12,14 +12,14 @@ use std::time::Duration;
 
 use quarry_consensus::storage::{RedbStorage, StorageOptions, StoreError};
 use quarry_consensus::tcp::{serve, TcpConnector, TcpTransport};
-use quarry_consensus::{start, transport, ClientError, Handle, NodeConfig, NodeTask, Role};
+use quarry_consensus::{start, transport, ClientError, Handle, NodeConfig, NodeTask};
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::common::{Kv, KvCommand};
+use crate::common::{agreed_leader, Kv, KvCommand};
 
 /// What a link does with a connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -289,13 +289,9 @@ impl TcpCluster {
                     }
                 }
             }
-            if let Some(l) = st.iter().find(|s| s.role == Role::Leader) {
-                if st.len() == among.len()
-                    && st
-                        .iter()
-                        .all(|s| s.leader == Some(l.id) && s.term == l.term)
-                {
-                    return l.id;
+            if st.len() == among.len() {
+                if let Some(l) = agreed_leader(&st.iter().collect::<Vec<_>>()) {
+                    return l;
                 }
             }
             assert!(
