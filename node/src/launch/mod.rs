@@ -49,6 +49,7 @@
 
 pub mod compile;
 pub mod protocol;
+pub mod routing;
 
 mod api;
 mod executor;
