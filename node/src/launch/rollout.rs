@@ -23,7 +23,7 @@ use crate::cluster::{ClusterState, Command, StackRecord};
 use crate::types::DesiredContainer;
 
 /// How often the leader looks.
-const TICK: Duration = Duration::from_millis(500);
+const TICK: Duration = Duration::from_millis(250);
 /// How long a new leader gathers reports before it routes or judges.
 const WARM_UP: Duration = Duration::from_secs(3);
 /// A router is sent the table again after this long even if it did not change.
