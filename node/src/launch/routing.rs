@@ -192,7 +192,7 @@ pub enum Verdict {
     RollBack(String),
 }
 
-/// The next step of a stack's rollout: `health` of each new container, whether every live
+/// The next step of a stack's rollout: `health` of each container the change made, whether every live
 /// router has switched away from the retiring replicas, and how long this leader has watched
 /// the rollout.
 pub fn verdict(
@@ -207,13 +207,10 @@ pub fn verdict(
     if rec.disabled {
         return Verdict::Retire; // nothing of it runs: the old replicas go with no switch
     }
-    let retiring: BTreeSet<&str> = rec.retiring.iter().map(|s| s.0.as_str()).collect();
+    // The change's own replicas (replacements, new nodes, new replicas): those of the
+    // record's revision. Replicas of nodes it left alone are no part of the rollout.
     let mut waiting = Vec::new();
-    for d in rec
-        .desired
-        .iter()
-        .filter(|d| !retiring.contains(d.slice.0.as_str()))
-    {
+    for d in rec.desired.iter().filter(|d| d.revision == rec.revision) {
         let server = d
             .placement
             .as_ref()
