@@ -126,6 +126,12 @@ pub async fn follow(
                 failures = 0;
                 v
             }
+            // A leader that knows no such deploy is a definite answer: it was lost with the
+            // leader that ran it (what it had not committed is gone).
+            Err(e) if e.to_string().starts_with("the leader knows no deploy") => {
+                eprintln!("deploy {id} failed: {e}");
+                return Ok(ExitCode::FAILURE);
+            }
             Err(e) if failures < 30 => {
                 failures += 1;
                 if failures == 1 {
