@@ -81,3 +81,85 @@ impl Router {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+
+    use super::*;
+    use crate::launch::routing::{RoutedNode, Upstream};
+
+    fn get(addr: SocketAddr, host: &str) -> String {
+        let mut s = TcpStream::connect(addr).expect("connect to nginx");
+        write!(s, "GET / HTTP/1.0\r\nHost: {host}\r\n\r\n").expect("write");
+        let mut out = String::new();
+        s.read_to_string(&mut out).expect("read");
+        out
+    }
+
+    /// Stops nginx even when the test fails.
+    struct Guard(Nginx);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            let _ = self.0.stop_and_remove();
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_router_serves_the_leaders_table_refuses_an_older_term_and_keeps_its_config() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let _guard = Guard(Nginx::new(&dir.path().join("router")));
+        let listen: SocketAddr = {
+            let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.local_addr().expect("addr")
+        };
+        let backend = TcpListener::bind("127.0.0.1:0").expect("bind backend");
+        let backend_addr = backend.local_addr().expect("addr");
+        std::thread::spawn(move || {
+            for s in backend.incoming() {
+                let Ok(mut s) = s else { break };
+                let mut buf = [0u8; 1024];
+                let _ = s.read(&mut buf);
+                let _ = s.write_all(b"HTTP/1.0 200 OK\r\n\r\nfrom-backend");
+            }
+        });
+        let router = Router::start(dir.path(), listen).await.expect("start");
+        assert!(
+            get(listen, "a.test").starts_with("HTTP/1.1 404"),
+            "no table yet: every domain 404"
+        );
+        let table = RouteTable {
+            nodes: vec![RoutedNode {
+                stack: "s".into(),
+                node: "web".into(),
+                domains: vec!["a.test".into()],
+                upstreams: vec![Upstream {
+                    address: backend_addr.to_string(),
+                    slice: "s.web.r1.0".into(),
+                    revision: 1,
+                }],
+            }],
+        };
+        router.apply(2, &table).await.expect("apply");
+        assert!(get(listen, "a.test").ends_with("from-backend"));
+        let stale = router.apply(1, &RouteTable::default()).await;
+        assert!(
+            stale.is_err_and(|e| e.contains("older")),
+            "a deposed leader's table"
+        );
+        assert!(get(listen, "a.test").ends_with("from-backend"));
+        // quarryd restarted: the router starts with nginx's last config, not an empty one.
+        drop(router);
+        let again = Router::start(dir.path(), listen).await.expect("restart");
+        assert!(get(listen, "a.test").ends_with("from-backend"));
+        let mut empty = table.clone();
+        empty.nodes[0].upstreams.clear();
+        again
+            .apply(1, &empty)
+            .await
+            .expect("a new process takes any term");
+        let page = get(listen, "a.test");
+        assert!(page.starts_with("HTTP/1.1 503"), "{page}");
+    }
+}
