@@ -1,4 +1,6 @@
-//! The `quarryd` binary on loopback: init, token, run, join, with flags overriding the config.
+//! The `quarryd` binary on loopback: init, token, run, join (and `join --run`), with flags
+//! overriding the config; the config's `router` tag starts the router's nginx on
+//! `router_listen`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -77,6 +79,14 @@ fn show(o: &Output) -> String {
     )
 }
 
+/// Stops a router's nginx (its own daemon, which outlives quarryd) when the test ends.
+struct NginxGuard(quarry_node::router::Nginx);
+impl Drop for NginxGuard {
+    fn drop(&mut self) {
+        let _ = self.0.stop_and_remove();
+    }
+}
+
 /// Kills the `quarryd run` child when the test ends, passed or failed.
 struct Running(Child);
 impl Drop for Running {
@@ -90,13 +100,15 @@ impl Drop for Running {
 async fn init_token_run_and_join_through_the_binary() {
     let root = tempfile::tempdir().expect("tmp");
     let h1 = Server::new(root.path(), "h1");
-    // The config file sets a tag; flags set everything else.
+    // The config file sets a tag and where the router listens; flags set everything else.
     std::fs::create_dir_all(&h1.dir).expect("dir");
+    let router = format!("127.0.0.1:{}", free_port());
     std::fs::write(
         h1.dir.join("quarryd.toml"),
-        "tags = [\"router\"]\nmemory = \"1G\"\n",
+        format!("tags = [\"router\"]\nmemory = \"1G\"\nrouter_listen = \"{router}\"\n"),
     )
     .expect("toml");
+    let _nginx = NginxGuard(quarry_node::router::Nginx::new(&h1.dir.join("data/router")));
 
     let init = h1.run(&["init"]);
     assert!(init.status.success(), "{}", show(&init));
@@ -160,9 +172,29 @@ async fn init_token_run_and_join_through_the_binary() {
         show(&no_token)
     );
 
-    let joined = h2.run(&["join", &member, "--token", &token]);
-    assert!(joined.status.success(), "{}", show(&joined));
-    let out = String::from_utf8_lossy(&joined.stdout);
+    // `join --run` joins and serves in one step.
+    let out2 = root.path().join("h2.out");
+    let _h2 = Running(
+        h2.cmd()
+            .args(["join", &member, "--token", &token, "--run"])
+            .stdout(std::fs::File::create(&out2).expect("out"))
+            .stderr(std::fs::File::create(root.path().join("h2.log")).expect("log"))
+            .spawn()
+            .expect("spawn join --run"),
+    );
+    let api2 = Endpoint::Tcp(format!("127.0.0.1:{}", h2.api));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match client::get(&api2, "/v1/health", None).await {
+            Ok(r) if r.status == 200 => break,
+            last if Instant::now() > deadline => panic!(
+                "quarryd join --run did not serve /v1/health within 20 s; last: {last:?}; log:\n{}",
+                std::fs::read_to_string(root.path().join("h2.log")).unwrap_or_default()
+            ),
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    let out = std::fs::read_to_string(&out2).expect("join output");
     assert!(
         out.contains("as Raft id 2") && out.contains("servers: h1, h2"),
         "{out}"
@@ -179,4 +211,23 @@ async fn init_token_run_and_join_through_the_binary() {
     );
     assert_eq!(v["servers"][0]["memory"], 1u64 << 30, "{v}");
     assert_eq!(v["servers"][1]["name"], "h2", "{v}");
+
+    // The router tag: nginx answers on router_listen (no route yet: 404 for any domain).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let answer = std::net::TcpStream::connect(&router).and_then(|mut s| {
+            use std::io::{Read, Write};
+            s.write_all(b"GET / HTTP/1.0\r\nHost: nowhere.test\r\n\r\n")?;
+            let mut out = String::new();
+            s.read_to_string(&mut out)?;
+            Ok(out)
+        });
+        match answer {
+            Ok(a) if a.starts_with("HTTP/1.1 404") => break,
+            last if Instant::now() > deadline => {
+                panic!("the router did not answer on {router} within 20 s: {last:?}")
+            }
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
 }

@@ -231,16 +231,12 @@ pub fn teardown(run: &str) -> Vec<String> {
     }
 
     // 2. Every other process of the run: by environment marker, by namespace, by cgroup.
-    let mut pids = run_processes(run);
+    //    Again until none is left: a process may fork between a listing and its kill (an
+    //    nginx master reloading spawns new workers, which outlive a killed master).
     let netns = lab_netns()
         .into_iter()
         .filter(|n| run_of_name(n) == Some(run))
         .collect::<Vec<_>>();
-    for ns in &netns {
-        if let Ok(out) = sys::run("ip", ["netns", "pids", ns]) {
-            pids.extend(out.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
-        }
-    }
     let cgroups: Vec<PathBuf> = lab_cgroups()
         .into_iter()
         .filter(|p| {
@@ -250,17 +246,31 @@ pub fn teardown(run: &str) -> Vec<String> {
                 == Some(run)
         })
         .collect();
-    for cg in &cgroups {
-        pids.extend(cgroup_pids(cg));
-    }
-    pids.retain(|&p| p != std::process::id());
-    pids.sort_unstable();
-    pids.dedup();
-    for &pid in &pids {
-        sys::signal(pid, "KILL");
-    }
-    for pid in sys::wait_gone(&pids, Duration::from_secs(10)) {
-        problems.push(format!("process {pid} survived KILL"));
+    for round in 0..5 {
+        let mut pids = run_processes(run);
+        for ns in &netns {
+            if let Ok(out) = sys::run("ip", ["netns", "pids", ns]) {
+                pids.extend(out.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+            }
+        }
+        for cg in &cgroups {
+            pids.extend(cgroup_pids(cg));
+        }
+        pids.retain(|&p| p != std::process::id());
+        pids.sort_unstable();
+        pids.dedup();
+        if pids.is_empty() {
+            break;
+        }
+        for &pid in &pids {
+            sys::signal(pid, "KILL");
+        }
+        for pid in sys::wait_gone(&pids, Duration::from_secs(10)) {
+            problems.push(format!("process {pid} survived KILL"));
+        }
+        if round == 4 {
+            problems.push("processes of the run kept appearing after 5 rounds of KILL".into());
+        }
     }
 
     // 3. Cgroup directories (deepest first; a cgroup empties a moment after its last process).

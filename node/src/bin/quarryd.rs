@@ -66,7 +66,11 @@ struct Flags {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Create a new cluster with this server as its first member.
-    Init,
+    Init {
+        /// Then run this server (as `quarryd run` does).
+        #[arg(long)]
+        run: bool,
+    },
     /// Print the join token.
     Token,
     /// Join a cluster through any member: ADDR is host[:rpc port].
@@ -76,6 +80,9 @@ enum Command {
         /// The join token (`quarryd token` on a member).
         #[arg(long, env = "QUARRY_JOIN_TOKEN", hide_env_values = true)]
         token: Option<String>,
+        /// Then run this server (as `quarryd run` does).
+        #[arg(long)]
+        run: bool,
     },
     /// Run this server.
     Run,
@@ -137,16 +144,19 @@ fn member_addr(addr: &str, default_port: u16) -> anyhow::Result<SocketAddr> {
 async fn act(cli: Cli) -> anyhow::Result<()> {
     let cfg = config(&cli.flags)?;
     match cli.command {
-        Command::Init => {
+        Command::Init { run } => {
             let done = daemon::init(&cfg)?;
             println!("initialized cluster; this server is {:?}", done.name);
             println!("join token (give it to new servers, keep it secret):");
             println!("  {}", done.token);
             println!("admin token: {}", done.admin_token_path.display());
+            if run {
+                return serve(&cfg).await;
+            }
             println!("start this server with `quarryd run`");
         }
         Command::Token => println!("{}", Secrets::of(&cfg).join_token()?),
-        Command::Join { addr, token } => {
+        Command::Join { addr, token, run } => {
             let Some(token) = token else {
                 anyhow::bail!(
                     "joining needs the cluster's join token: pass --token QRY1-... (or set \
@@ -170,27 +180,33 @@ async fn act(cli: Cli) -> anyhow::Result<()> {
                     .collect::<Vec<_>>()
                     .join(", ")
             );
+            if run {
+                return serve(&cfg).await;
+            }
             println!("start this server with `quarryd run`: it joins Raft as a learner");
         }
-        Command::Run => {
-            let running = daemon::run(&cfg).await?;
-            tracing::info!(
-                rpc = %running.rpc.local_addr(),
-                api = %running.api.tcp_addr(),
-                socket = %running.api.socket().display(),
-                raft_id = running.cluster.raft_id(),
-                "quarryd running"
-            );
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-            tokio::select! {
-                r = tokio::signal::ctrl_c() => r?,
-                _ = term.recv() => {}
-            }
-            tracing::info!("stopping");
-            running.stop().await;
-        }
+        Command::Run => serve(&cfg).await?,
     }
+    Ok(())
+}
+
+/// Run this server until SIGINT or SIGTERM.
+async fn serve(cfg: &Config) -> anyhow::Result<()> {
+    let running = daemon::run(cfg).await?;
+    tracing::info!(
+        rpc = %running.rpc.local_addr(),
+        api = %running.api.tcp_addr(),
+        socket = %running.api.socket().display(),
+        raft_id = running.cluster.raft_id(),
+        "quarryd running"
+    );
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r?,
+        _ = term.recv() => {}
+    }
+    tracing::info!("stopping");
+    running.stop().await;
     Ok(())
 }
 
