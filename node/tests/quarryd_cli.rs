@@ -96,6 +96,21 @@ impl Drop for Running {
     }
 }
 
+/// Wait until `api` answers `/v1/health` (20 s at most; else the log says why).
+async fn serves(api: &Endpoint, what: &str, log: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match client::get(api, "/v1/health", None).await {
+            Ok(r) if r.status == 200 => return,
+            last if Instant::now() > deadline => panic!(
+                "{what} did not serve /v1/health within 20 s; last: {last:?}; log:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            ),
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
 #[tokio::test]
 async fn init_token_run_and_join_through_the_binary() {
     let root = tempfile::tempdir().expect("tmp");
@@ -141,17 +156,7 @@ async fn init_token_run_and_join_through_the_binary() {
             .expect("spawn run"),
     );
     let api = Endpoint::Tcp(format!("127.0.0.1:{}", h1.api));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        match client::get(&api, "/v1/health", None).await {
-            Ok(r) if r.status == 200 => break,
-            last if Instant::now() > deadline => panic!(
-                "quarryd run did not serve /v1/health within 20 s; last: {last:?}; log:\n{}",
-                std::fs::read_to_string(root.path().join("h1.log")).unwrap_or_default()
-            ),
-            _ => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
+    serves(&api, "quarryd run", &root.path().join("h1.log")).await;
 
     let h2 = Server::new(root.path(), "h2");
     let member = format!("127.0.0.1:{}", h1.rpc);
@@ -183,17 +188,7 @@ async fn init_token_run_and_join_through_the_binary() {
             .expect("spawn join --run"),
     );
     let api2 = Endpoint::Tcp(format!("127.0.0.1:{}", h2.api));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        match client::get(&api2, "/v1/health", None).await {
-            Ok(r) if r.status == 200 => break,
-            last if Instant::now() > deadline => panic!(
-                "quarryd join --run did not serve /v1/health within 20 s; last: {last:?}; log:\n{}",
-                std::fs::read_to_string(root.path().join("h2.log")).unwrap_or_default()
-            ),
-            _ => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
+    serves(&api2, "quarryd join --run", &root.path().join("h2.log")).await;
     let out = std::fs::read_to_string(&out2).expect("join output");
     assert!(
         out.contains("as Raft id 2") && out.contains("servers: h1, h2"),

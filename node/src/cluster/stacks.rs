@@ -189,13 +189,13 @@ impl ClusterState {
         })
     }
 
-    pub(super) fn retire(
-        &mut self,
+    /// A stack's record, if the leader computed on its revision and on the grid as it is.
+    fn stack_at(
+        &self,
         stack: &str,
         revision: u64,
         grid_version: u64,
-        slices: &[SliceId],
-    ) -> Result<Outcome, Refusal> {
+    ) -> Result<&super::StackRecord, Refusal> {
         let Some(rec) = self.stacks.get(stack) else {
             return Err(Refusal::UnknownStack(stack.to_owned()));
         };
@@ -212,6 +212,17 @@ impl ClusterState {
                 current: self.grid.version(),
             });
         }
+        Ok(rec)
+    }
+
+    pub(super) fn retire(
+        &mut self,
+        stack: &str,
+        revision: u64,
+        grid_version: u64,
+        slices: &[SliceId],
+    ) -> Result<Outcome, Refusal> {
+        let rec = self.stack_at(stack, revision, grid_version)?;
         if let Some(s) = slices.iter().find(|s| !rec.retiring.contains(s)) {
             return Err(Refusal::Invalid(format!(
                 "slice {s} of stack {stack} is not retiring"
@@ -249,22 +260,7 @@ impl ClusterState {
         grid_version: u64,
         reason: String,
     ) -> Result<Outcome, Refusal> {
-        let Some(rec) = self.stacks.get(stack) else {
-            return Err(Refusal::UnknownStack(stack.to_owned()));
-        };
-        if rec.revision != revision {
-            return Err(Refusal::StaleStack {
-                stack: stack.to_owned(),
-                expected: revision,
-                current: rec.revision,
-            });
-        }
-        if grid_version != self.grid.version() {
-            return Err(Refusal::StaleGrid {
-                expected: grid_version,
-                current: self.grid.version(),
-            });
-        }
+        let rec = self.stack_at(stack, revision, grid_version)?;
         let Some(prev) = rec.previous.clone().filter(|_| !rec.retiring.is_empty()) else {
             return Err(Refusal::Invalid(format!(
                 "stack {stack} has no deploy in progress to roll back"

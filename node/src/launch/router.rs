@@ -85,26 +85,12 @@ impl Router {
 #[cfg(test)]
 mod tests {
     use std::io::{Read, Write};
-    use std::net::{TcpListener, TcpStream};
+    use std::net::TcpListener;
 
     use super::*;
     use crate::launch::routing::{RoutedNode, Upstream};
 
-    fn get(addr: SocketAddr, host: &str) -> String {
-        let mut s = TcpStream::connect(addr).expect("connect to nginx");
-        write!(s, "GET / HTTP/1.0\r\nHost: {host}\r\n\r\n").expect("write");
-        let mut out = String::new();
-        s.read_to_string(&mut out).expect("read");
-        out
-    }
-
-    /// Stops nginx even when the test fails.
-    struct Guard(Nginx);
-    impl Drop for Guard {
-        fn drop(&mut self) {
-            let _ = self.0.stop_and_remove();
-        }
-    }
+    use crate::router::testing::{get, Guard};
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_router_serves_the_leaders_table_refuses_an_older_term_and_keeps_its_config() {

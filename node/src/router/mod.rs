@@ -15,6 +15,8 @@
 
 pub mod process;
 pub mod render;
+#[cfg(test)]
+pub(crate) mod testing;
 
 pub use process::{Applied, Nginx, RouterError};
 pub use render::{render, RenderError, RouterSpec, Site};

@@ -309,28 +309,14 @@ mod tests {
     use super::*;
     use crate::router::{render, RouterSpec, Site};
     use std::io::{Read, Write};
-    use std::net::{SocketAddr, TcpListener, TcpStream};
+    use std::net::{SocketAddr, TcpListener};
 
     fn free_port() -> u16 {
         let l = TcpListener::bind("127.0.0.1:0").expect("bind");
         l.local_addr().expect("addr").port()
     }
 
-    fn get(addr: SocketAddr, host: &str) -> String {
-        let mut s = TcpStream::connect(addr).expect("connect to nginx");
-        write!(s, "GET / HTTP/1.0\r\nHost: {host}\r\n\r\n").expect("write");
-        let mut out = String::new();
-        s.read_to_string(&mut out).expect("read");
-        out
-    }
-
-    /// Stops nginx even when the test fails.
-    struct Guard(Nginx);
-    impl Drop for Guard {
-        fn drop(&mut self) {
-            let _ = self.0.stop_and_remove();
-        }
-    }
+    use crate::router::testing::{get, Guard};
 
     #[test]
     fn nginx_in_own_prefix_starts_reloads_in_place_and_stops_clean() {
