@@ -84,13 +84,12 @@ impl Router {
 
 #[cfg(test)]
 mod tests {
-    use std::io::{Read, Write};
     use std::net::TcpListener;
 
     use super::*;
     use crate::launch::routing::{RoutedNode, Upstream};
 
-    use crate::router::testing::{get, Guard};
+    use crate::router::testing::{backend, get, Guard};
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_router_serves_the_leaders_table_refuses_an_older_term_and_keeps_its_config() {
@@ -100,16 +99,7 @@ mod tests {
             let l = TcpListener::bind("127.0.0.1:0").expect("bind");
             l.local_addr().expect("addr")
         };
-        let backend = TcpListener::bind("127.0.0.1:0").expect("bind backend");
-        let backend_addr = backend.local_addr().expect("addr");
-        std::thread::spawn(move || {
-            for s in backend.incoming() {
-                let Ok(mut s) = s else { break };
-                let mut buf = [0u8; 1024];
-                let _ = s.read(&mut buf);
-                let _ = s.write_all(b"HTTP/1.0 200 OK\r\n\r\nfrom-backend");
-            }
-        });
+        let backend_addr = backend();
         let router = Router::start(dir.path(), listen).await.expect("start");
         assert!(
             get(listen, "a.test").starts_with("HTTP/1.1 404"),

@@ -308,7 +308,6 @@ fn workers(master: u32) -> Vec<(u32, bool)> {
 mod tests {
     use super::*;
     use crate::router::{render, RouterSpec, Site};
-    use std::io::{Read, Write};
     use std::net::{SocketAddr, TcpListener};
 
     fn free_port() -> u16 {
@@ -316,7 +315,7 @@ mod tests {
         l.local_addr().expect("addr").port()
     }
 
-    use crate::router::testing::{get, Guard};
+    use crate::router::testing::{backend, get, Guard};
 
     #[test]
     fn nginx_in_own_prefix_starts_reloads_in_place_and_stops_clean() {
@@ -327,16 +326,7 @@ mod tests {
         let prefix = dir.path().join("router");
         let nginx = Guard(Nginx::new(&prefix));
         let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-        let backend = TcpListener::bind("127.0.0.1:0").expect("bind backend");
-        let backend_addr = backend.local_addr().expect("addr");
-        std::thread::spawn(move || {
-            for s in backend.incoming() {
-                let Ok(mut s) = s else { break };
-                let mut buf = [0u8; 1024];
-                let _ = s.read(&mut buf);
-                let _ = s.write_all(b"HTTP/1.0 200 OK\r\n\r\nfrom-backend");
-            }
-        });
+        let backend_addr = backend();
         let mut spec = RouterSpec {
             listen,
             sites: vec![Site {

@@ -1,7 +1,7 @@
-//! What the router tests share: a GET through nginx, and a guard that stops it.
+//! What the router tests share: a GET through nginx, a backend, and a guard that stops nginx.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 
 use super::Nginx;
 
@@ -21,4 +21,19 @@ impl Drop for Guard {
     fn drop(&mut self) {
         let _ = self.0.stop_and_remove();
     }
+}
+
+/// A backend on loopback answering every request `200 from-backend`; its address.
+pub(crate) fn backend() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind backend");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(mut s) = s else { break };
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(b"HTTP/1.0 200 OK\r\n\r\nfrom-backend");
+        }
+    });
+    addr
 }
