@@ -42,6 +42,8 @@ enum Command {
     Deploy(cmd::deploy::Args),
     /// The cluster's stacks: live, deploying, disabled, failed.
     Stacks(cmd::stacks::StacksArgs),
+    /// What the routers serve: domains, the replicas routed, whether each router has it.
+    Routes(cmd::routes::RoutesArgs),
     /// Change a node's replica count: `quarry scale -s STACK web=3`.
     Scale(cmd::stacks::ScaleArgs),
     /// Stop a stack's containers on every server (placements and addresses are kept).
@@ -84,6 +86,7 @@ fn main() -> ExitCode {
         Command::Env(args) => block_on(cmd::env::run(args)),
         Command::Deploy(args) => block_on_code(cmd::deploy::run(args)),
         Command::Stacks(args) => block_on(cmd::stacks::stacks(args)),
+        Command::Routes(args) => block_on(cmd::routes::run(args)),
         Command::Scale(args) => block_on_code(cmd::stacks::scale(args)),
         Command::Disable(args) => block_on(cmd::stacks::set_enabled(args, false)),
         Command::Enable(args) => block_on(cmd::stacks::set_enabled(args, true)),

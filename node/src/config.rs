@@ -44,6 +44,8 @@ pub struct Config {
     pub tags: Vec<String>,
     /// Host ports quarry may publish containers on, inclusive.
     pub host_ports: (u16, u16),
+    /// Where the router's nginx listens, on a server tagged `router`.
+    pub router_listen: SocketAddr,
     /// Switch the iptables lockdown on.
     pub firewall: bool,
     /// How long a voter must be dead in gossip and unreachable over RPC before the leader
@@ -98,6 +100,7 @@ impl Default for Config {
             memory: None,
             tags: Vec::new(),
             host_ports: (20000, 29999),
+            router_listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 80),
             firewall: false,
             heal_grace: "120s".to_owned(),
             gossip_forget_after: "60s".to_owned(),

@@ -6,6 +6,7 @@ pub mod env;
 pub mod grid;
 pub mod plan;
 pub mod ps;
+pub mod routes;
 pub mod servers;
 pub mod stacks;
 pub mod start;

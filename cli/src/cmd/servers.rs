@@ -1,6 +1,7 @@
 //! `quarry servers`: the servers of the cluster (role, replication health, and liveness as the
 //! answering server's gossip sees it: alive, suspect or dead, since when), as a table or JSON;
-//! `quarry servers remove NAME` takes one out of the cluster.
+//! `quarry servers remove NAME` takes one out of the cluster, `quarry servers lead NAME` hands
+//! it Raft leadership.
 
 use quarry_node::api::{GossipView, Servers};
 use quarry_node::spec::units::human_size;
@@ -27,6 +28,12 @@ pub enum Action {
     /// its grid block goes. Then stop quarryd on it (it takes no part any more).
     Remove {
         /// The server's name.
+        name: String,
+    },
+    /// Hand Raft leadership to a voter (before maintenance on the leader's host, or to keep
+    /// a router from leading).
+    Lead {
+        /// The voter's name.
         name: String,
     },
 }
@@ -135,6 +142,16 @@ pub async fn run(args: ServersArgs) -> anyhow::Result<()> {
                     "removed {name}: Raft takes it out of the configuration now (`quarry servers` \
                      shows the voters following); then stop quarryd on {name}"
                 );
+            }
+        }
+        Some(Action::Lead { name }) => {
+            let v: serde_json::Value = target
+                .send("POST", &format!("/v1/servers/{name}/lead"), None)
+                .await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!("{name} leads");
             }
         }
     }

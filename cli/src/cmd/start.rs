@@ -195,6 +195,7 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
     let sites: Vec<Site> = domains
         .iter()
         .map(|(node, node_domains)| Site {
+            stack: name.clone(),
             node: node.clone(),
             domains: node_domains.clone(),
             upstreams: desired
@@ -205,7 +206,6 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
         })
         .collect();
     let conf = render(&RouterSpec {
-        stack: name.clone(),
         listen,
         sites: sites.clone(),
     })?;

@@ -45,7 +45,7 @@ use serde::{Deserialize, Serialize};
 use crate::cluster::VoterReplacement;
 use crate::gossip::member::LiveState;
 use crate::grid::GridState;
-use crate::launch::{Accepted, DeployView, PlanInputs, PsView, StackEntry};
+use crate::launch::{Accepted, DeployView, PlanInputs, PsView, RoutesView, StackEntry};
 use crate::rpc::join::Member;
 use crate::rpc::server::BoxFuture;
 
@@ -317,6 +317,14 @@ pub trait ClusterView: Send + Sync + 'static {
     ) -> BoxFuture<'_, Result<(), ApiFailure>> {
         no_stacks()
     }
+    /// What the routers serve.
+    fn routes(&self) -> BoxFuture<'_, Result<RoutesView, ApiFailure>> {
+        no_stacks()
+    }
+    /// Hand Raft leadership to a voter.
+    fn lead(&self, _server: String) -> BoxFuture<'_, Result<(), ApiFailure>> {
+        no_stacks()
+    }
 }
 
 /// Why the API could not start.
@@ -461,6 +469,18 @@ async fn enable(State(v): View, UrlPath(name): UrlPath<String>) -> Response {
     )
 }
 
+async fn routes_view(State(v): View) -> Response {
+    answer(v.routes().await)
+}
+
+async fn lead(State(v): View, UrlPath(name): UrlPath<String>) -> Response {
+    answer(
+        v.lead(name.clone())
+            .await
+            .map(|()| serde_json::json!({ "leader": name })),
+    )
+}
+
 fn routes(view: Arc<dyn ClusterView>) -> Router {
     let upload = crate::source::MAX_SOURCE_BYTES as usize + (1 << 20);
     Router::new()
@@ -479,6 +499,8 @@ fn routes(view: Arc<dyn ClusterView>) -> Router {
         .route("/v1/status", get(status))
         .route("/v1/servers", get(servers))
         .route("/v1/servers/{name}", delete(remove_server))
+        .route("/v1/servers/{name}/lead", post(lead))
+        .route("/v1/routes", get(routes_view))
         .route("/v1/grid", get(grid))
         .route("/v1/env", get(env).post(set_env))
         .fallback(|| async {

@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use super::state::{ClusterState, Outcome, Refusal, RouteTarget};
+use super::state::{ClusterState, Outcome, PreviousRevision, Refusal, RouteTarget};
 use crate::grid::{GridError, PlaceOutcome};
 use crate::source::SourceHash;
 use crate::spec::StackFile;
@@ -165,6 +165,16 @@ impl ClusterState {
             );
         }
         let rec = self.stacks.entry(change.stack.clone()).or_default();
+        rec.previous = (!change.retiring.is_empty() && rec.revision > 0).then(|| {
+            Box::new(PreviousRevision {
+                revision: rec.revision,
+                current: rec.current.clone(),
+                file: rec.file.clone(),
+                source: rec.source.clone(),
+                images: rec.images.clone(),
+            })
+        });
+        rec.failed = None;
         rec.current = change.current;
         rec.current.name = change.stack;
         rec.revision = change.revision;
@@ -218,7 +228,126 @@ impl ClusterState {
         let rec = self.stacks.get_mut(stack).expect("checked above");
         rec.retiring.retain(|s| !slices.contains(s));
         rec.desired.retain(|d| !slices.contains(&d.slice));
+        if rec.retiring.is_empty() {
+            rec.previous = None; // the deploy is through: nothing to roll back to
+        }
         Ok(Outcome::Retired {
+            grid_version: self.grid.version(),
+        })
+    }
+
+    /// Roll back a deploy whose replaced replicas still run (see [`super::Command::Rollback`]).
+    ///
+    /// The nodes the deploy replaced (those with retiring replicas) get their previous state
+    /// and definition back and keep their old replicas; their new replicas, and every replica
+    /// of a node the deploy added, leave the grid. Nodes the deploy did not replace keep what
+    /// it did to them (a scale, a removal). The stack env and source are the previous ones.
+    pub(super) fn rollback(
+        &mut self,
+        stack: &str,
+        revision: u64,
+        grid_version: u64,
+        reason: String,
+    ) -> Result<Outcome, Refusal> {
+        let Some(rec) = self.stacks.get(stack) else {
+            return Err(Refusal::UnknownStack(stack.to_owned()));
+        };
+        if rec.revision != revision {
+            return Err(Refusal::StaleStack {
+                stack: stack.to_owned(),
+                expected: revision,
+                current: rec.revision,
+            });
+        }
+        if grid_version != self.grid.version() {
+            return Err(Refusal::StaleGrid {
+                expected: grid_version,
+                current: self.grid.version(),
+            });
+        }
+        let Some(prev) = rec.previous.clone().filter(|_| !rec.retiring.is_empty()) else {
+            return Err(Refusal::Invalid(format!(
+                "stack {stack} has no deploy in progress to roll back"
+            )));
+        };
+        let retiring: BTreeSet<&SliceId> = rec.retiring.iter().collect();
+        let replaced: BTreeSet<String> = rec
+            .desired
+            .iter()
+            .filter(|d| retiring.contains(&d.slice))
+            .map(|d| d.node.clone())
+            .collect();
+        let added: BTreeSet<String> = rec
+            .current
+            .nodes
+            .keys()
+            .filter(|n| !prev.current.nodes.contains_key(*n))
+            .cloned()
+            .collect();
+        let dropped: Vec<SliceId> = rec
+            .desired
+            .iter()
+            .filter(|d| {
+                (replaced.contains(&d.node) && !retiring.contains(&d.slice))
+                    || added.contains(&d.node)
+            })
+            .map(|d| d.slice.clone())
+            .collect();
+        let mut grid = self.grid.clone();
+        for (op, id) in dropped.iter().enumerate() {
+            grid.remove_slice(id).map_err(|e| Refusal::Grid {
+                op,
+                message: e.to_string(),
+            })?;
+        }
+        let mut rec = rec.clone();
+        rec.desired.retain(|d| !dropped.contains(&d.slice));
+        rec.retiring.clear();
+        for n in &added {
+            rec.current.nodes.remove(n);
+        }
+        for n in &replaced {
+            match prev.current.nodes.get(n) {
+                Some(was) => rec.current.nodes.insert(n.clone(), was.clone()),
+                None => rec.current.nodes.remove(n),
+            };
+        }
+        if let (Some(file), Some(was)) = (rec.file.as_mut(), prev.file.as_ref()) {
+            file.env = was.env.clone();
+            file.nodes.retain(|n| !added.contains(&n.name));
+            for spec in file.nodes.iter_mut() {
+                if replaced.contains(&spec.name) {
+                    if let Some(old) = was.node(&spec.name) {
+                        *spec = old.clone();
+                    }
+                }
+            }
+        }
+        let used: BTreeSet<&str> = rec.desired.iter().map(|d| d.image.reference()).collect();
+        let mut images = prev.images.clone();
+        images.extend(rec.images.clone());
+        images.retain(|tag, _| used.contains(tag.as_str()));
+        rec.images = images;
+        rec.source = prev.source.clone().or(rec.source);
+        rec.revision += 1;
+        rec.previous = None;
+        rec.failed = Some(reason);
+        let revision = rec.revision;
+        self.grid = grid;
+        self.routes.retain(|_, t| t.stack != stack);
+        for (node, state) in &rec.current.nodes {
+            for domain in &state.domains {
+                self.routes
+                    .entry(domain.clone())
+                    .or_insert_with(|| RouteTarget {
+                        stack: stack.to_owned(),
+                        node: node.clone(),
+                    });
+            }
+        }
+        self.stacks.insert(stack.to_owned(), rec);
+        Ok(Outcome::RolledBack {
+            revision,
             grid_version: self.grid.version(),
         })
     }

@@ -71,6 +71,27 @@ pub struct StackRecord {
     pub images: BTreeMap<String, Vec<ServerId>>,
     /// Disabled: its servers stop its containers (placements and host ports are kept).
     pub disabled: bool,
+    /// While a deploy's replaced replicas still run: the stack as it was before, so a deploy
+    /// whose new replicas never get healthy can be rolled back ([`Command::Rollback`]).
+    pub previous: Option<Box<PreviousRevision>>,
+    /// Why the last deploy was rolled back (until a deploy or scale is committed).
+    pub failed: Option<String>,
+}
+
+/// A stack as it was before a deploy that replaces replicas: what a rollback restores for the
+/// nodes the deploy replaced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreviousRevision {
+    /// The revision it was.
+    pub revision: u64,
+    /// Its nodes' state.
+    pub current: StackState,
+    /// Its stack file.
+    pub file: Option<StackFile>,
+    /// Its source tree.
+    pub source: Option<SourceHash>,
+    /// Its images' holders.
+    pub images: BTreeMap<String, Vec<ServerId>>,
 }
 
 /// A voter the leader found down (dead in gossip and unreachable over RPC past the grace
@@ -268,6 +289,20 @@ pub enum Command {
         /// The slices, each one of the record's `retiring`.
         slices: Vec<SliceId>,
     },
+    /// A deploy of stack revision `revision` failed (its new replicas never got healthy, or
+    /// their server went silent): the replicas it added stop, the ones it replaced stay, and
+    /// the replaced nodes, the stack env and the source are as before the deploy. The stack's
+    /// revision goes up by one and the reason is kept.
+    Rollback {
+        /// The stack.
+        stack: String,
+        /// The stack revision the leader saw (the failed deploy's).
+        revision: u64,
+        /// The grid version it computed on.
+        grid_version: u64,
+        /// Why, for `quarry stacks` and the deploy's log.
+        reason: String,
+    },
     /// Disable a stack (its containers stop, its placements stay) or enable it again.
     SetStackEnabled {
         /// The stack.
@@ -324,6 +359,13 @@ pub enum Outcome {
     },
     /// A stack was enabled or disabled.
     StackEnabled,
+    /// A deploy was rolled back: the stack's revision and the grid's version now.
+    RolledBack {
+        /// The stack revision.
+        revision: u64,
+        /// The grid version now.
+        grid_version: u64,
+    },
 }
 
 /// Why a command was refused (nothing changed). The text says what to do.
@@ -451,6 +493,12 @@ impl ClusterState {
                 grid_version,
                 slices,
             } => self.retire(&stack, revision, grid_version, &slices),
+            Command::Rollback {
+                stack,
+                revision,
+                grid_version,
+                reason,
+            } => self.rollback(&stack, revision, grid_version, reason),
             Command::SetStackEnabled { stack, enabled } => self.set_stack_enabled(&stack, enabled),
         }
     }

@@ -150,6 +150,21 @@ pub fn node_path(cfg: &Config) -> PathBuf {
     cfg.paths.data.join("node.json")
 }
 
+/// Start this server's router, trying again every 10 s while nginx cannot run (not
+/// installed, the port taken): the rest of quarryd serves meanwhile.
+async fn run_router(launch: Arc<Launch>, listen: std::net::SocketAddr) {
+    loop {
+        match launch.start_router(listen).await {
+            Ok(()) => return,
+            Err(e) => tracing::error!(
+                "router: {e}; this server is tagged `router` and routes nothing until nginx \
+                 runs (trying again in 10 s)"
+            ),
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+    }
+}
+
 /// The peers file.
 pub fn peers_path(cfg: &Config) -> PathBuf {
     cfg.paths.data.join("peers.json")
@@ -452,6 +467,9 @@ pub async fn run(cfg: &Config) -> Result<Running, DaemonError> {
         cluster.clone(),
         heal_grace,
     )));
+    if cfg.tags.iter().any(|t| t == launch::ROUTER_TAG) {
+        tasks.push(tokio::spawn(run_router(launch.clone(), cfg.router_listen)));
+    }
     tasks.push(tokio::spawn(launch.clone().serve()));
     tasks.push(tokio::spawn(launch.lead()));
     Ok(Running {

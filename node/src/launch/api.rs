@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::protocol::{Accepted, DeployView, LaunchAnswer, LaunchRequest, PsView};
+use super::protocol::{Accepted, DeployView, LaunchAnswer, LaunchRequest, PsView, RoutesView};
 use super::{Launch, PlanInputs};
 use crate::api::{
     ApiFailure, ClusterView, EnvChange, EnvView, GridView, ScaleRequest, Servers, StacksView,
@@ -234,6 +234,33 @@ impl ClusterView for Launch {
                 .write(Command::SetStackEnabled { stack, enabled })
                 .await?;
             Ok(())
+        })
+    }
+
+    fn routes(&self) -> BoxFuture<'_, Result<RoutesView, ApiFailure>> {
+        Box::pin(async move {
+            match self
+                .ask_leader(LaunchRequest::Routes, Duration::from_secs(10))
+                .await
+            {
+                Ok(LaunchAnswer::Routes(v)) => Ok(v),
+                Ok(other) => Err(unexpected(other)),
+                Err(e) => Err(fail(503, e)),
+            }
+        })
+    }
+
+    fn lead(&self, server: String) -> BoxFuture<'_, Result<(), ApiFailure>> {
+        Box::pin(async move {
+            match self
+                .ask_leader(LaunchRequest::Lead { server }, Duration::from_secs(10))
+                .await
+            {
+                Ok(LaunchAnswer::Done) => Ok(()),
+                Ok(LaunchAnswer::Failed(e)) => Err(fail(409, e)),
+                Ok(other) => Err(unexpected(other)),
+                Err(e) => Err(fail(503, e)),
+            }
         })
     }
 }

@@ -329,4 +329,4 @@ pub fn rescale(file: &StackFile, node: &str, replicas: u32) -> Result<StackFile,
 
 #[cfg(test)]
 #[path = "compile_tests.rs"]
-mod tests;
+pub(crate) mod tests;

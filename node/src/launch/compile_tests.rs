@@ -16,16 +16,16 @@ impl Facts for Digests {
     }
 }
 
-const EXAMPLE: &str = include_str!("../../../examples/guestbook/quarry.yml");
+pub(crate) const EXAMPLE: &str = include_str!("../../../examples/guestbook/quarry.yml");
 
-fn stack(yml: &str, digest: &'static str) -> StackFile {
+pub(crate) fn stack(yml: &str, digest: &'static str) -> StackFile {
     match spec::parse("quarry.yml", yml, "guestbook", &Digests(digest)) {
         Ok((s, _)) => s,
         Err(d) => panic!("{d}"),
     }
 }
 
-fn source(n: u8) -> SourceHash {
+pub(crate) fn source(n: u8) -> SourceHash {
     SourceHash::of(&[n])
 }
 
@@ -44,7 +44,7 @@ fn member(name: &str, ip: &str) -> Member {
 }
 
 /// Three servers h1..h3 of 1 GiB, each with its grid block.
-fn cluster() -> ClusterState {
+pub(crate) fn cluster() -> ClusterState {
     let mut s = ClusterState::default();
     s.apply(
         1,
@@ -69,7 +69,7 @@ fn cluster() -> ClusterState {
     s
 }
 
-fn deploy(s: &mut ClusterState, file: &StackFile, src: &SourceHash) -> Compiled {
+pub(crate) fn deploy(s: &mut ClusterState, file: &StackFile, src: &SourceHash) -> Compiled {
     let c = compile(&PlanInputs::of(s, &file.name), file, src).expect("compiles");
     match s.apply(9, Command::Deploy(Box::new(c.change.clone()))) {
         Ok(Outcome::StackChanged { .. }) => c,
@@ -299,4 +299,116 @@ fn rescale_refuses_services_zero_and_unknown_nodes() {
             .scale,
         5
     );
+}
+
+#[test]
+fn a_rolled_back_deploy_leaves_the_stack_as_before_for_the_nodes_it_replaced() {
+    let mut s = cluster();
+    let file = stack(EXAMPLE, "a");
+    deploy(&mut s, &file, &source(1));
+    let before = s.stacks["guestbook"].clone();
+    let grid_before = s.grid.clone();
+    // A new web image (digest "b"), and a node the deploy adds.
+    let changed = EXAMPLE.replace("GREETING: hello", "GREETING: bonjour").replace(
+        "  ticker:",
+        "  extra:\n    kind: worker\n    build: web\n    command: /bin/ticker\n    memory: 16M\n  ticker:",
+    );
+    deploy(&mut s, &stack(&changed, "b"), &source(2));
+    let rec = s.stacks["guestbook"].clone();
+    assert!(rec.previous.is_some() && !rec.retiring.is_empty());
+    let rollback = |s: &mut ClusterState, revision: u64| {
+        let grid_version = s.grid.version();
+        s.apply(
+            20,
+            Command::Rollback {
+                stack: "guestbook".into(),
+                revision,
+                grid_version,
+                reason: "web.0 never got healthy".into(),
+            },
+        )
+    };
+    assert!(
+        matches!(rollback(&mut s, 1), Err(Refusal::StaleStack { .. })),
+        "a rollback computed on another revision is refused"
+    );
+    assert_eq!(rollback(&mut s, 2).map(|_| ()), Ok(()));
+    let back = &s.stacks["guestbook"];
+    assert_eq!(back.revision, 3, "a rollback is a change of its own");
+    assert_eq!(back.failed.as_deref(), Some("web.0 never got healthy"));
+    assert!(back.retiring.is_empty() && back.previous.is_none());
+    assert_eq!(
+        back.desired, before.desired,
+        "the replaced replicas run on, alone"
+    );
+    assert_eq!(back.current, before.current);
+    assert_eq!(back.file, before.file);
+    assert_eq!(back.source, before.source);
+    assert_eq!(s.routes["guestbook.test"].node, "web");
+    for d in &rec.desired {
+        let kept = before.desired.iter().any(|b| b.slice == d.slice);
+        assert_eq!(
+            s.grid.block_of(&d.slice).is_some(),
+            kept,
+            "{} on the grid only if it was before",
+            d.container_name()
+        );
+    }
+    assert_eq!(
+        s.grid.blocks(),
+        grid_before.blocks(),
+        "the grid is as before"
+    );
+    // Nothing left to roll back; compiled again with the old file, nothing changes.
+    assert!(matches!(rollback(&mut s, 3), Err(Refusal::Invalid(_))));
+    let again = compile(&PlanInputs::of(&s, "guestbook"), &file, &source(1)).expect("again");
+    assert!(again.change.place.is_empty() && again.change.retiring.is_empty());
+}
+
+#[test]
+fn a_deploy_retired_through_cannot_be_rolled_back_and_the_next_deploy_clears_a_failure() {
+    let mut s = cluster();
+    deploy(&mut s, &stack(EXAMPLE, "a"), &source(1));
+    deploy(&mut s, &stack(EXAMPLE, "b"), &source(2));
+    let rec = s.stacks["guestbook"].clone();
+    let grid_version = s.grid.version();
+    s.apply(
+        21,
+        Command::Retire {
+            stack: "guestbook".into(),
+            revision: 2,
+            grid_version,
+            slices: rec.retiring.clone(),
+        },
+    )
+    .expect("retire");
+    assert!(s.stacks["guestbook"].previous.is_none());
+    let grid_version = s.grid.version();
+    assert!(matches!(
+        s.apply(
+            22,
+            Command::Rollback {
+                stack: "guestbook".into(),
+                revision: 2,
+                grid_version,
+                reason: "late".into(),
+            },
+        ),
+        Err(Refusal::Invalid(_))
+    ));
+    deploy(&mut s, &stack(EXAMPLE, "c"), &source(3));
+    let grid_version = s.grid.version();
+    s.apply(
+        23,
+        Command::Rollback {
+            stack: "guestbook".into(),
+            revision: 3,
+            grid_version,
+            reason: "bad".into(),
+        },
+    )
+    .expect("rollback");
+    assert_eq!(s.stacks["guestbook"].failed.as_deref(), Some("bad"));
+    deploy(&mut s, &stack(EXAMPLE, "d"), &source(4));
+    assert_eq!(s.stacks["guestbook"].failed, None, "a new deploy clears it");
 }

@@ -199,8 +199,8 @@ impl Launch {
 
         // 4. The rollout, as the servers report it.
         self.phase(id, "starting containers");
-        self.rollout(id, &change).await;
-        Ok(())
+        self.rollout(id, &change, matches!(job.op, Op::Deploy(_)))
+            .await
     }
 
     /// Ask `server`, giving up as soon as one of `watch` (other than this server) has not been
@@ -358,12 +358,31 @@ impl Launch {
         failed
     }
 
-    /// Wait (up to [`ROLLOUT`]) until the servers report every container of the change
-    /// running and healthy, and its replaced replicas retired; say what is still missing.
-    async fn rollout(&self, id: &str, change: &StackChange) {
+    /// Wait until the stack runs `change` with nothing left to retire, or the leader's
+    /// rollout ([`super::rollout`]) rolled it back; say what is still missing as it changes.
+    /// A change with nothing to roll back to (a first deploy, a scale) that is not running
+    /// after [`ROLLOUT`] is left to the servers, which keep trying: a deploy says it failed,
+    /// a scale that it is not through.
+    async fn rollout(&self, id: &str, change: &StackChange, deploy: bool) -> Result<(), String> {
         let deadline = Instant::now() + ROLLOUT;
         let mut last = String::new();
         loop {
+            let s = change.stack.clone();
+            let rec = self
+                .cluster
+                .read(move |st: &ClusterState| st.stacks.get(&s).cloned())
+                .await
+                .map_err(|e| e.to_string())?;
+            if let Some(rec) = &rec {
+                if rec.revision == change.revision + 1 && rec.previous.is_none() {
+                    if let Some(why) = &rec.failed {
+                        return Err(format!(
+                            "rolled back (revision {}): {why}; the previous revision serves on",
+                            rec.revision
+                        ));
+                    }
+                }
+            }
             let (ready, waiting) = self.readiness(&change.stack, change.revision).await;
             let line = if waiting.is_empty() {
                 format!("{ready} container(s) running and healthy")
@@ -375,18 +394,21 @@ impl Launch {
                 last = line;
             }
             if waiting.is_empty() {
-                return;
+                return Ok(());
             }
-            if Instant::now() >= deadline {
-                self.say(
-                    id,
-                    format!(
-                        "still not running after {}s: the servers keep trying (`quarry ps -s {}`)",
-                        ROLLOUT.as_secs(),
-                        change.stack
-                    ),
+            let rolling =
+                rec.is_some_and(|r| r.revision == change.revision && r.previous.is_some());
+            if Instant::now() >= deadline && !rolling {
+                let note = format!(
+                    "not running after {}s: the servers keep trying (`quarry ps -s {}`)",
+                    ROLLOUT.as_secs(),
+                    change.stack
                 );
-                return;
+                if deploy {
+                    return Err(note);
+                }
+                self.say(id, note);
+                return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(300)).await;
         }

@@ -41,6 +41,12 @@ pub(super) struct LeaderState {
     pub(super) busy: Mutex<BTreeMap<String, String>>,
     /// Stack -> why its last deploy failed (until one succeeds).
     pub(super) failures: Mutex<BTreeMap<String, String>>,
+    /// Since when this server leads (`None`: it does not).
+    pub(super) since: Mutex<Option<Instant>>,
+    /// Router -> what it acknowledged.
+    pub(super) routers: Mutex<BTreeMap<String, super::rollout::RouterAck>>,
+    /// Stack -> (the revision rolling out, since when this leader watches it).
+    pub(super) watched: Mutex<BTreeMap<String, (u64, Instant)>>,
 }
 
 /// One deploy's progress.
@@ -105,6 +111,19 @@ impl Launch {
                 Ok(v) => LaunchAnswer::Stacks(v),
                 Err(e) => LaunchAnswer::Failed(e),
             },
+            LaunchRequest::Routes => match self.routes().await {
+                Ok(v) => LaunchAnswer::Routes(v),
+                Err(e) => LaunchAnswer::Failed(e),
+            },
+            LaunchRequest::Lead { server } => {
+                let Some(rec) = self.cluster.servers_now().get(&server).cloned() else {
+                    return LaunchAnswer::Failed(format!("no server {server} in the cluster"));
+                };
+                match self.cluster.handle().transfer_leader(rec.raft_id).await {
+                    Ok(()) => LaunchAnswer::Done,
+                    Err(e) => LaunchAnswer::Failed(format!("leadership stays: {e}")),
+                }
+            }
             LaunchRequest::Deploy {
                 source,
                 holders,

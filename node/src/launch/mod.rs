@@ -18,7 +18,9 @@
 //!      -> start_now; retire what is not desired (only with a fresh view); fetch missing built
 //!      images from their holders, pull missing `image:` ones; probe health; Report -> the
 //!      leader (soft state)
-//!  the leader (lead): Retire a stack's replaced replicas once their replacements are healthy
+//!  the leader (lead, rollout.rs): the routers' table (routing::table) -> every server tagged
+//!      `router` (Route; nginx reloaded, acknowledged); per rolling stack routing::verdict ->
+//!      Retire the replaced replicas (new ones ready, every live router switched) or Rollback
 //! ```
 //!
 //! # Invariants
@@ -33,26 +35,37 @@
 //!   cluster knows (never containers of a stack without a record). Every container runs with
 //!   restart policy `unless-stopped`, so quarryd's absence stops nothing.
 //! - **Exactly the committed host ports**, published on the server's cluster address.
-//! - A replaced replica (DEPLOY, ENSURE) runs until every replica of its node's new revision is
-//!   reported healthy; only then is it retired (and its slice freed).
+//! - A replaced replica (DEPLOY, ENSURE) runs until every replica of the stack's new revision
+//!   is reported healthy **and** every live router has acknowledged a table without it; only
+//!   then is it retired (and its slice freed). Until then the routers route the old revision:
+//!   exactly one revision of a node is routed at any time.
+//! - A deploy whose new replicas are not ready within [`routing::ROLLOUT_LIMIT`], are reported
+//!   unhealthy, or sit on a server silent for [`routing::SILENT_LIMIT`] is rolled back
+//!   ([`crate::cluster::Command::Rollback`], committed, so a new leader sees it): the old
+//!   replicas serve on, the new ones stop, and the deploy reports why.
+//! - A router keeps its last nginx config whenever it has no fresh table; nginx runs as its
+//!   own daemon, so routing survives quarryd's absence; a table of an older leader term is
+//!   refused.
 //! - Reports, health, deploy progress and failures are soft state on the leader: lost with
 //!   it, rebuilt from the next reports.
 //!
 //! # Left out (issue 11 and later)
 //!
-//! Routers (the committed routes are kept for them); a deploy whose new replicas never get
-//! healthy is not failed or rolled back (it shows as deploying, the old replicas serve on);
-//! a leader lost mid-deploy loses the deploy's uncommitted work (the CLI says so; deploy
+//! A first deploy (nothing to roll back to) whose replicas never get healthy is reported
+//! failed while its servers keep trying; a leader lost mid-deploy loses the deploy's uncommitted work (the CLI says so; deploy
 //! again); rescheduling the replicas of a dead server; `image:` references are pulled by each
 //! server that runs them, never carried between servers (so only where a registry is
 //! reachable); deleting a stack.
 
 pub mod compile;
 pub mod protocol;
+pub mod routing;
 
 mod api;
 mod executor;
 mod leader;
+mod rollout;
+mod router;
 mod server;
 mod views;
 mod worker;
@@ -68,9 +81,10 @@ use tokio::time::Instant;
 
 pub use compile::{compile, CompileError, Compiled, PlanInputs, ServerFacts};
 pub use protocol::{
-    Accepted, ContainerReport, DeployView, LaunchAnswer, LaunchRequest, PsRow, PsView,
-    ServerReport, StackEntry,
+    Accepted, ContainerReport, DeployView, LaunchAnswer, LaunchRequest, PsRow, PsView, RouterEntry,
+    RoutesView, ServerReport, StackEntry,
 };
+pub use rollout::ROUTER_TAG;
 
 use crate::bulk::BulkHandler;
 use crate::cluster::{Cluster, ControlAnswer, ControlRequest};
@@ -102,6 +116,8 @@ pub struct Launch {
     docker_socket: Option<PathBuf>,
     engine: tokio::sync::Mutex<Option<Engine>>,
     receiver: OnceLock<Arc<ImageReceiver>>,
+    /// The router, on a server tagged `router` once [`Launch::start_router`] ran.
+    router: OnceLock<router::Router>,
     leader: leader::LeaderState,
     /// Open Control connections to other servers, by address.
     pool: Mutex<HashMap<SocketAddr, Vec<Requests>>>,
@@ -134,6 +150,7 @@ impl Launch {
             docker_socket,
             engine: tokio::sync::Mutex::new(None),
             receiver: OnceLock::new(),
+            router: OnceLock::new(),
             leader: leader::LeaderState::default(),
             pool: Mutex::new(HashMap::new()),
         }))
@@ -149,6 +166,14 @@ impl Launch {
     /// The cluster.
     pub fn cluster(&self) -> &Arc<Cluster> {
         &self.cluster
+    }
+
+    /// Run this server's router (it is tagged `router`): nginx listening on `listen`, with
+    /// its last config until the leader sends a table.
+    pub async fn start_router(&self, listen: SocketAddr) -> Result<(), String> {
+        let r = router::Router::start(&self.data, listen).await?;
+        let _ = self.router.set(r);
+        Ok(())
     }
 
     /// This server's name.
@@ -334,6 +359,17 @@ impl Launch {
                 LaunchRequest::RemoveImages { images } => match self.remove_images(&images).await {
                     Ok(()) => LaunchAnswer::Done,
                     Err(e) => failed(e),
+                },
+                LaunchRequest::Route { term, table } => match self.router.get() {
+                    Some(r) => match r.apply(term, &table).await {
+                        Ok(()) => LaunchAnswer::Done,
+                        Err(e) => failed(format!("{}: {e}", self.me())),
+                    },
+                    None => failed(format!(
+                        "{} runs no router: tag it `router` in its quarryd.toml and restart \
+                         quarryd",
+                        self.me()
+                    )),
                 },
                 other => {
                     if !self.is_leader().await {

@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::routing::RouteTable;
 use crate::source::SourceHash;
 
 /// A request about stacks.
@@ -70,6 +71,21 @@ pub enum LaunchRequest {
     },
     /// The stacks with their status (leader).
     Stacks,
+    /// Serve this table (a server tagged `router`), sent by the leader of `term`: answered
+    /// [`LaunchAnswer::Done`] once nginx serves it.
+    Route {
+        /// The sender's leader term.
+        term: u64,
+        /// What to serve.
+        table: RouteTable,
+    },
+    /// What the routers serve (leader).
+    Routes,
+    /// Hand leadership to voter `server` (leader): answered once it leads.
+    Lead {
+        /// The server.
+        server: String,
+    },
 }
 
 /// A build on one server.
@@ -109,6 +125,8 @@ pub enum LaunchAnswer {
     Ps(PsView),
     /// Stacks.
     Stacks(Vec<StackEntry>),
+    /// The routers' tables.
+    Routes(RoutesView),
     /// This server does not lead: ask the leader.
     NotLeader,
     /// Failed; the words say why and what to do.
@@ -256,4 +274,26 @@ pub struct StackEntry {
     pub domains: Vec<String>,
     /// The last deploy that failed on this leader, if the stack has not deployed since.
     pub last_failure: Option<String>,
+}
+
+/// What the routers serve, as the leader knows it (`quarry routes`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoutesView {
+    /// The table the leader computes now from the committed routes and the reports.
+    pub table: RouteTable,
+    /// Each server tagged `router`.
+    pub routers: Vec<RouterEntry>,
+}
+
+/// One router.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouterEntry {
+    /// The server.
+    pub server: String,
+    /// Whether the table it last acknowledged is the current one.
+    pub current: bool,
+    /// Seconds since it last acknowledged a table (none yet: `None`).
+    pub acked_secs_ago: Option<u64>,
+    /// The last error pushing to it, if the last push failed.
+    pub error: Option<String>,
 }

@@ -24,6 +24,9 @@ use crate::types::{DesiredContainer, ImageSource, ServerId};
 
 /// The longest pause between two rounds.
 const ROUND: Duration = Duration::from_secs(1);
+/// The pause while a container of this server is starting or waiting (its first passed
+/// probe reaches the leader, and so the routers, this much sooner).
+const BUSY_ROUND: Duration = Duration::from_millis(250);
 /// How long a round waits for ReadIndex.
 const READ_LIMIT: Duration = Duration::from_secs(2);
 /// How long a missing image is not asked for again after a failed fetch.
@@ -131,9 +134,9 @@ impl Launch {
         let mut memory = Memory::default();
         let mut applied = 0u64;
         loop {
-            self.round(&mut memory).await;
+            let busy = self.round(&mut memory).await;
             // Wait for the next round, or for a new entry applied here.
-            let until = Instant::now() + ROUND;
+            let until = Instant::now() + if busy { BUSY_ROUND } else { ROUND };
             while Instant::now() < until {
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 match self.cluster.handle().status().await {
@@ -148,7 +151,9 @@ impl Launch {
         }
     }
 
-    async fn round(self: &Arc<Self>, memory: &mut Memory) {
+    /// One round; whether something is on its way (a container starting, waiting for its
+    /// image, or just acted on).
+    async fn round(self: &Arc<Self>, memory: &mut Memory) -> bool {
         let me = self.me();
         let mut report = ServerReport {
             server: me.clone(),
@@ -162,7 +167,7 @@ impl Launch {
             Err(e) => {
                 report.engine = Some(e);
                 self.send_report(report).await;
-                return;
+                return false;
             }
         };
         let who = me.clone();
@@ -182,12 +187,12 @@ impl Launch {
                 self.engine_failed().await;
                 report.engine = Some(e.to_string());
                 self.send_report(report).await;
-                return;
+                return false;
             }
         };
+        let mut acted = false;
         if let Some(view) = &view {
             report.fresh = true;
-            let mut acted = false;
             for stack in &view.stacks {
                 let obs = observed.get(&stack.name).cloned().unwrap_or_default();
                 let publish = view.address.unwrap_or(containers::PUBLISH_IP);
@@ -210,7 +215,14 @@ impl Launch {
             .flat_map(|(s, list)| list.iter().map(move |o| (s.as_str(), o)))
             .collect();
         report.containers = probe_all(&listed, memory).await;
+        let busy = acted
+            || !report.problems.is_empty()
+            || report
+                .containers
+                .iter()
+                .any(|c| c.health.starts_with("starting"));
         self.send_report(report).await;
+        busy
     }
 
     /// Converge one stack; whether anything was done.

@@ -1,104 +1,13 @@
-//! The leader's views and housekeeping: retiring replaced replicas once their replacements
-//! are healthy, and `ps` / `stacks` from the committed state and the servers' reports.
+//! The leader's views: `ps` / `stacks` from the committed state and the servers' reports.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
-use std::time::Duration;
 
-use quarry_consensus::Role;
-
-use super::executor::{container_state, Ready};
 use super::leader::FRESH;
 use super::protocol::{PsRow, PsView, StackEntry};
 use super::{lock, Launch};
-use crate::cluster::{ClusterState, Command, Refusal};
+use crate::cluster::{ClusterState, Refusal};
 
 impl Launch {
-    /// The leader's background work: retire replaced replicas once their replacements are
-    /// healthy. Runs until the process ends; acts only while this server leads.
-    pub async fn lead(self: Arc<Self>) {
-        loop {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            match self.cluster.handle().status().await {
-                Ok(s) if s.role == Role::Leader => {}
-                Ok(_) => continue,
-                Err(_) => return,
-            }
-            if let Err(e) = self.retire_step().await {
-                tracing::debug!("retire: {e}");
-            }
-        }
-    }
-
-    async fn retire_step(&self) -> Result<(), String> {
-        let stacks = self
-            .cluster
-            .read(|s: &ClusterState| {
-                (
-                    s.grid.version(),
-                    s.stacks
-                        .iter()
-                        .filter(|(_, r)| !r.retiring.is_empty())
-                        .map(|(n, r)| (n.clone(), r.clone()))
-                        .collect::<Vec<_>>(),
-                )
-            })
-            .await
-            .map_err(|e| e.to_string())?;
-        let (version, stacks) = stacks;
-        let reports = lock(&self.leader.reports).clone();
-        for (name, rec) in stacks {
-            // A node's replaced replicas go once every one of its live replicas is ready.
-            let mut slices = Vec::new();
-            let nodes: BTreeSet<&str> = rec
-                .desired
-                .iter()
-                .filter(|d| rec.retiring.contains(&d.slice))
-                .map(|d| d.node.as_str())
-                .collect();
-            for node in nodes {
-                let live_ready = rec
-                    .desired
-                    .iter()
-                    .filter(|d| d.node == node && !rec.retiring.contains(&d.slice))
-                    .all(|d| {
-                        let server = d
-                            .placement
-                            .as_ref()
-                            .map(|p| p.server.0.as_str())
-                            .unwrap_or("");
-                        matches!(
-                            container_state(&reports, server, &name, &d.slice),
-                            Ready::Yes
-                        )
-                    });
-                if live_ready || rec.disabled {
-                    slices.extend(
-                        rec.desired
-                            .iter()
-                            .filter(|d| d.node == node && rec.retiring.contains(&d.slice))
-                            .map(|d| d.slice.clone()),
-                    );
-                }
-            }
-            if slices.is_empty() {
-                continue;
-            }
-            let cmd = Command::Retire {
-                stack: name.clone(),
-                revision: rec.revision,
-                grid_version: version,
-                slices: slices.clone(),
-            };
-            match self.cluster.write(cmd).await {
-                Ok(_) => tracing::info!(stack = %name, ?slices, "replaced replicas retired"),
-                Err(e) => return Err(e.to_string()),
-            }
-            return Ok(()); // the grid moved: the next round reads it again
-        }
-        Ok(())
-    }
-
     /// `quarry ps`: every desired container of the stack (or all stacks) with what its
     /// server reports, and the reported containers no longer desired.
     pub(super) async fn ps(&self, stack: Option<String>) -> Result<PsView, String> {
@@ -295,7 +204,7 @@ impl Launch {
                     .values()
                     .flat_map(|n| n.domains.clone())
                     .collect(),
-                last_failure: failures.get(&name).cloned(),
+                last_failure: failures.get(&name).cloned().or(rec.failed.clone()),
             });
         }
         Ok(out)

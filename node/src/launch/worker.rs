@@ -162,23 +162,29 @@ impl Launch {
         self.ensure_source(&job.source, &job.holders).await?;
         let dir = self.unpacked(&job.stack, &job.source).await?;
         let engine = self.engine().await?;
-        let mut lines = Vec::new();
-        for (tag, build) in &job.images {
-            let src = ImageSource::Build {
-                dir: build.clone(),
-                digest: String::new(),
-                tag: tag.clone(),
-            };
-            let mut log = |l: &str| say(format!("[{build}] {l}"));
-            let outcome = image::ensure_image(&engine, &job.stack, &dir, &src, &mut log)
-                .await
-                .map_err(|e| format!("on {}: {e}", self.me()))?;
-            lines.push(match outcome {
-                ImageOutcome::Built => format!("built {tag} on {}", self.me()),
-                _ => format!("{tag} was already on {}", self.me()),
-            });
-        }
-        Ok(lines)
+        // The images build side by side (the engine shares the common layers).
+        let builds = job.images.iter().map(|(tag, build)| {
+            let (engine, dir, stack) = (&engine, &dir, &job.stack);
+            async move {
+                let src = ImageSource::Build {
+                    dir: build.clone(),
+                    digest: String::new(),
+                    tag: tag.clone(),
+                };
+                let mut log = |l: &str| say(format!("[{build}] {l}"));
+                let outcome = image::ensure_image(engine, stack, dir, &src, &mut log)
+                    .await
+                    .map_err(|e| format!("on {}: {e}", self.me()))?;
+                Ok::<_, String>(match outcome {
+                    ImageOutcome::Built => format!("built {tag} on {}", self.me()),
+                    _ => format!("{tag} was already on {}", self.me()),
+                })
+            }
+        });
+        futures_util::future::join_all(builds)
+            .await
+            .into_iter()
+            .collect()
     }
 
     /// Send images from this server's engine to server `to`; how far it is goes to `say`

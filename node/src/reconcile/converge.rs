@@ -162,27 +162,39 @@ impl<'a> Converger<'a> {
             }
         }
         create.sort_by_key(|d| (d.kind != Kind::Service, d.node.clone(), d.replica));
-        for d in create {
-            (self.log)(&format!("creating {}", d.container_name()));
-            let meta = self.meta.get(&d.node).cloned().unwrap_or_default();
-            let made =
-                containers::create(self.engine, &self.network, d, &meta, self.publish_ip).await;
-            let started = match made {
-                Ok(id) => {
-                    let r = containers::start(self.engine, &id).await;
-                    if r.is_err() {
-                        // A container that cannot start (its port is taken...) goes, so the
-                        // next round creates it afresh.
-                        let _ = containers::remove(self.engine, &id).await;
-                    } else {
+        // Services first, then the rest; within each group all at once (a web replica does
+        // not wait for its sibling's `docker create`).
+        let (services, others): (Vec<&DesiredContainer>, Vec<&DesiredContainer>) =
+            create.into_iter().partition(|d| d.kind == Kind::Service);
+        for group in [services, others] {
+            let runs = group.into_iter().map(|d| async move {
+                (self.log)(&format!("creating {}", d.container_name()));
+                let meta = self.meta.get(&d.node).cloned().unwrap_or_default();
+                let made =
+                    containers::create(self.engine, &self.network, d, &meta, self.publish_ip).await;
+                let started = match made {
+                    Ok(id) => match containers::start(self.engine, &id).await {
+                        Ok(()) => Ok(id),
+                        Err(e) => {
+                            // A container that cannot start (its port is taken...) goes, so
+                            // the next round creates it afresh.
+                            let _ = containers::remove(self.engine, &id).await;
+                            Err(e)
+                        }
+                    },
+                    Err(e) => Err(e),
+                };
+                (d, started)
+            });
+            for (d, started) in futures_util::future::join_all(runs).await {
+                match started {
+                    Ok(id) => {
                         report.created.insert(d.slice.clone(), id);
                     }
-                    r
+                    Err(e) => {
+                        report.failed.insert(d.slice.clone(), e.to_string());
+                    }
                 }
-                Err(e) => Err(e),
-            };
-            if let Err(e) = started {
-                report.failed.insert(d.slice.clone(), e.to_string());
             }
         }
         for o in &diff.start {

@@ -352,9 +352,9 @@ mod tests {
             }
         });
         let mut spec = RouterSpec {
-            stack: "t".into(),
             listen,
             sites: vec![Site {
+                stack: "t".into(),
                 node: "web".into(),
                 domains: vec!["t.test".into()],
                 upstreams: vec![],

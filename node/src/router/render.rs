@@ -6,6 +6,8 @@ use std::net::SocketAddr;
 /// One routed node: its domains and the addresses of its healthy replicas.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Site {
+    /// The node's stack (for naming and for the 503 page).
+    pub stack: String,
     /// The node (for naming and for the 503 page).
     pub node: String,
     /// Its domains (server names).
@@ -14,11 +16,10 @@ pub struct Site {
     pub upstreams: Vec<SocketAddr>,
 }
 
-/// Everything the config depends on.
+/// Everything the config depends on: one stack's sites (`quarry start`) or every routed
+/// stack's (a cluster router).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouterSpec {
-    /// The stack (named in pages).
-    pub stack: String,
     /// Where nginx listens.
     pub listen: SocketAddr,
     /// The routed nodes.
@@ -69,9 +70,9 @@ const FAIL_TIMEOUT: &str = "1s";
 
 /// Renders the whole nginx.conf. Paths are relative to nginx's prefix (`-p`).
 pub fn render(spec: &RouterSpec) -> Result<String, RenderError> {
-    check_name(&spec.stack)?;
     let mut seen = std::collections::BTreeSet::new();
     for site in &spec.sites {
+        check_name(&site.stack)?;
         check_name(&site.node)?;
         for d in &site.domains {
             check_domain(d)?;
@@ -81,12 +82,11 @@ pub fn render(spec: &RouterSpec) -> Result<String, RenderError> {
         }
     }
     let listen = spec.listen;
-    let stack = &spec.stack;
     let mut out = String::new();
     // `write!` to a String cannot fail.
     let _ = write!(
         out,
-        "# Rendered by quarry for stack {stack}: do not edit, `quarry start` rewrites it.
+        "# Rendered by quarry from its routes: do not edit, quarry rewrites it.
 worker_processes 1;
 pid run/nginx.pid;
 error_log logs/error.log warn;
@@ -118,13 +118,10 @@ http {{
         }}
     }}
 ",
-        page(
-            "404 no such domain",
-            &format!("quarry routes no such domain here (stack {stack}).")
-        )
+        page("404 no such domain", "quarry routes no such domain here.")
     );
     for (i, site) in spec.sites.iter().enumerate() {
-        let node = &site.node;
+        let (stack, node) = (&site.stack, &site.node);
         let names = site.domains.join(" ");
         let unavailable = page(
             "503 no healthy replica",
@@ -151,7 +148,11 @@ http {{
             );
             continue;
         }
-        let upstream = format!("quarry_{i}_{}", node.replace(['-', '.'], "_"));
+        let upstream = format!(
+            "quarry_{i}_{}_{}",
+            stack.replace(['-', '.'], "_"),
+            node.replace(['-', '.'], "_")
+        );
         let _ = writeln!(
             out,
             "\n    # {node}: {} healthy replica(s).",
@@ -199,9 +200,9 @@ mod tests {
 
     fn spec(upstreams: Vec<SocketAddr>) -> RouterSpec {
         RouterSpec {
-            stack: "demo".into(),
             listen: "127.0.0.1:8080".parse().expect("addr"),
             sites: vec![Site {
+                stack: "demo".into(),
                 node: "web".into(),
                 domains: vec!["demo.test".into(), "www.demo.test".into()],
                 upstreams,
@@ -216,9 +217,9 @@ mod tests {
             "127.0.0.1:20002".parse().expect("addr"),
         ]))
         .expect("renders");
-        assert!(conf.contains("upstream quarry_0_web {\n        server 127.0.0.1:20001 max_fails=1 fail_timeout=1s;\n        server 127.0.0.1:20002 max_fails=1"), "{conf}");
+        assert!(conf.contains("upstream quarry_0_demo_web {\n        server 127.0.0.1:20001 max_fails=1 fail_timeout=1s;\n        server 127.0.0.1:20002 max_fails=1"), "{conf}");
         assert!(conf.contains("server_name demo.test www.demo.test;"));
-        assert!(conf.contains("proxy_pass http://quarry_0_web;"));
+        assert!(conf.contains("proxy_pass http://quarry_0_demo_web;"));
         assert!(conf.contains("listen 127.0.0.1:8080 default_server;"));
         assert!(conf.contains("pid run/nginx.pid;"));
     }

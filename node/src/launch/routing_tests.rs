@@ -1,0 +1,122 @@
+use super::*;
+use crate::cluster::ClusterState;
+use crate::launch::compile::tests::{cluster, deploy, source, stack, EXAMPLE};
+
+/// The example deployed (revision 1), then again with a new web image (revision 2: the old
+/// web replicas retiring).
+fn deploying() -> ClusterState {
+    let mut s = cluster();
+    deploy(&mut s, &stack(EXAMPLE, "a"), &source(1));
+    deploy(&mut s, &stack(EXAMPLE, "b"), &source(2));
+    s
+}
+
+fn routed(s: &ClusterState, ready: &dyn Fn(&str, &DesiredContainer) -> bool) -> Vec<Upstream> {
+    let t = table(&s.routes, &s.stacks, ready);
+    assert_eq!(t.nodes.len(), 1, "{t:?}");
+    assert_eq!(t.nodes[0].domains, ["guestbook.test"]);
+    t.nodes[0].upstreams.clone()
+}
+
+fn revisions(u: &[Upstream]) -> BTreeSet<u64> {
+    u.iter().map(|u| u.revision).collect()
+}
+
+#[test]
+fn a_steady_node_routes_its_ready_replicas_and_nothing_when_none_or_disabled() {
+    let mut s = cluster();
+    deploy(&mut s, &stack(EXAMPLE, "a"), &source(1));
+    let all = routed(&s, &|_, _| true);
+    assert_eq!(all.len(), 2, "both web replicas");
+    let webs: Vec<&DesiredContainer> = s.stacks["guestbook"]
+        .desired
+        .iter()
+        .filter(|d| d.node == "web")
+        .collect();
+    for d in &webs {
+        assert!(all
+            .iter()
+            .any(|u| Some(&u.address) == main_address(d).as_ref()));
+    }
+    let first = webs[0].slice.clone();
+    let one = routed(&s, &|_, d| d.slice == first);
+    assert_eq!(one.len(), 1);
+    assert_eq!(one[0].slice, first.0);
+    assert!(routed(&s, &|_, _| false).is_empty(), "503");
+    s.stacks.get_mut("guestbook").expect("stack").disabled = true;
+    assert!(routed(&s, &|_, _| true).is_empty(), "a disabled stack: 503");
+}
+
+#[test]
+fn during_a_deploy_exactly_one_revision_is_routed_and_the_new_one_only_once_all_are_ready() {
+    let s = deploying();
+    let rec = &s.stacks["guestbook"];
+    let retiring: BTreeSet<String> = rec.retiring.iter().map(|x| x.0.clone()).collect();
+    let is_old = |d: &DesiredContainer| retiring.contains(&d.slice.0);
+    assert_eq!(revisions(&routed(&s, &|_, _| true)), BTreeSet::from([2]));
+    let one_new = rec
+        .desired
+        .iter()
+        .find(|d| d.node == "web" && !is_old(d))
+        .expect("a new web replica")
+        .slice
+        .clone();
+    let partly = routed(&s, &|_, d| is_old(d) || d.slice == one_new);
+    assert_eq!(
+        revisions(&partly),
+        BTreeSet::from([1]),
+        "old until all new ready"
+    );
+    assert_eq!(partly.len(), 2);
+    let no_old = routed(&s, &|_, d| d.slice == one_new);
+    assert_eq!(no_old.len(), 1, "no old replica ready: the ready new one");
+    assert_eq!(revisions(&no_old), BTreeSet::from([2]));
+
+    let t_old = table(&s.routes, &s.stacks, &|_, d| is_old(d));
+    let t_new = table(&s.routes, &s.stacks, &|_, d| !is_old(d));
+    assert!(!switched(&t_old, "guestbook", &retiring));
+    assert!(switched(&t_new, "guestbook", &retiring));
+    assert!(
+        switched(&t_old, "other", &retiring),
+        "another stack's table"
+    );
+}
+
+#[test]
+fn a_rollout_waits_retires_once_ready_and_switched_and_rolls_back_on_failure_or_time() {
+    let s = deploying();
+    let rec = &s.stacks["guestbook"];
+    let ready = |_: &DesiredContainer| Health::Ready;
+    let t = Duration::from_secs(1);
+    assert_eq!(verdict(rec, &ready, true, t), Verdict::Retire);
+    assert!(matches!(verdict(rec, &ready, false, t), Verdict::Wait(w) if w[0].contains("routers")));
+    let starting = |d: &DesiredContainer| {
+        if d.node == "web" {
+            Health::Waiting("starting".into())
+        } else {
+            Health::Ready
+        }
+    };
+    assert!(matches!(verdict(rec, &starting, true, t), Verdict::Wait(w) if w.len() == 2));
+    assert!(
+        matches!(verdict(rec, &starting, true, ROLLOUT_LIMIT), Verdict::RollBack(r) if r.contains("not ready after 30s")),
+        "out of time"
+    );
+    let failed = |d: &DesiredContainer| {
+        if d.node == "web" {
+            Health::Failed("unhealthy: 404".into())
+        } else {
+            Health::Ready
+        }
+    };
+    assert!(
+        matches!(verdict(rec, &failed, true, t), Verdict::RollBack(r) if r.contains("unhealthy: 404"))
+    );
+    let mut steady = cluster();
+    deploy(&mut steady, &stack(EXAMPLE, "a"), &source(1));
+    assert_eq!(
+        verdict(&steady.stacks["guestbook"], &failed, false, ROLLOUT_LIMIT),
+        Verdict::Idle,
+        "nothing to roll back to: not a rollout"
+    );
+}
