@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // each test binary uses its own part of this module
 
+pub mod cluster;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -136,8 +138,13 @@ impl Cli {
         Cli { bin, token }
     }
 
-    /// `quarry ARGS --node http://H:7700` with the token (or `token` = None: without).
-    pub fn run_with(&self, h: &Host, args: &[&str], token: Option<&str>) -> Output {
+    /// `quarry ARGS --node http://H:7700` with the token, to spawn (for a run that is timed or
+    /// watched while it goes).
+    pub fn command(&self, h: &Host, args: &[&str]) -> Command {
+        self.command_with(h, args, Some(&self.token))
+    }
+
+    fn command_with(&self, h: &Host, args: &[&str], token: Option<&str>) -> Command {
         let mut cmd = Command::new(&self.bin);
         cmd.args(args)
             .arg("--node")
@@ -149,7 +156,14 @@ impl Cli {
         if let Some(t) = token {
             cmd.env("QUARRY_TOKEN", t);
         }
-        cmd.output().expect("run quarry")
+        cmd
+    }
+
+    /// `quarry ARGS --node http://H:7700` with the token (or `token` = None: without).
+    pub fn run_with(&self, h: &Host, args: &[&str], token: Option<&str>) -> Output {
+        self.command_with(h, args, token)
+            .output()
+            .expect("run quarry")
     }
 
     /// `quarry ARGS` against host `h` with the token.
