@@ -206,16 +206,6 @@ fn copy(c: &Cluster, name: &str, edit: impl Fn(&str) -> String, files: impl Fn(&
     dir
 }
 
-/// The kv service clears a lock its CGI may have left when it was killed mid-request (the
-/// example's kv takes `mkdir /data/lock`; a `kill -9` between mkdir and rmdir would leave it
-/// and every later visit would wait on it forever).
-fn kv_clears_its_lock(yml: &str) -> String {
-    yml.replace(
-        "command: [\"/bin/httpd\", \"-f\", \"-p\", \"7000\", \"-h\", \"/www\"]",
-        "command: [\"/bin/sh\", \"-c\", \"rmdir /data/lock 2>/dev/null; exec /bin/httpd -f -p 7000 -h /www\"]",
-    )
-}
-
 /// `quarry deploy DIR` through `h`, following it, as a child to time or watch.
 fn deploy(c: &Cluster, h: &Host, dir: &Path) -> Child {
     c.cli
@@ -229,13 +219,13 @@ fn deploy(c: &Cluster, h: &Host, dir: &Path) -> Child {
 
 /// A 3-server cluster with the router on h3, h1 the leader, and the example deployed and
 /// answering through the router; returns it with the client looping.
-fn deployed(dir_edit: impl Fn(&str) -> String, report: &mut Vec<String>) -> (Cluster, Client) {
+fn deployed(report: &mut Vec<String>) -> (Cluster, Client) {
     let t0 = Instant::now();
     let c = Cluster::up(3, Some(ROUTER));
     let h1 = c.lab.host(1).name();
     c.lead(&h1);
     report.push(format!("cluster up, {h1} leading: {:.1}s", secs(t0)));
-    let dir = copy(&c, "v1", dir_edit, |_| {});
+    let dir = copy(&c, "v1", |y| y.to_owned(), |_| {});
     let t = Instant::now();
     let out = deploy(&c, c.lab.host(1), &dir)
         .wait_with_output()
@@ -265,7 +255,7 @@ fn deployed(dir_edit: impl Fn(&str) -> String, report: &mut Vec<String>) -> (Clu
 fn the_router_serves_the_domain_and_deploys_switch_or_roll_back_with_zero_failed_requests() {
     let t0 = Instant::now();
     let mut report = Vec::new();
-    let (c, client) = deployed(|y| y.to_owned(), &mut report);
+    let (c, client) = deployed(&mut report);
     let hosts = c.hosts();
 
     // Answers come from both web replicas, which run on different servers; the count rises.
@@ -473,7 +463,7 @@ fn every_quarryd_killed_keeps_serving_restarted_touches_nothing_and_the_leader_c
 ) {
     let t0 = Instant::now();
     let mut report = Vec::new();
-    let (c, client) = deployed(kv_clears_its_lock, &mut report);
+    let (c, client) = deployed(&mut report);
     let hosts = c.hosts();
     let warm = client.answers(&client.tally(), 10, &c);
 
@@ -606,9 +596,14 @@ fn every_quarryd_killed_keeps_serving_restarted_touches_nothing_and_the_leader_c
     let leader = c.lab.host(1);
     c.lead(&leader.name());
     let through = c.lab.host(2);
-    let changed = copy(&c, "v2", kv_clears_its_lock, |d| {
-        std::fs::write(d.join("web/www/health"), "ok, changed\n").expect("health");
-    });
+    let changed = copy(
+        &c,
+        "v2",
+        |y| y.to_owned(),
+        |d| {
+            std::fs::write(d.join("web/www/health"), "ok, changed\n").expect("health");
+        },
+    );
     let before = client.tally();
     let mut child = deploy(&c, through, &changed);
     poll("new web replicas placed", Duration::from_secs(60), || {
