@@ -19,7 +19,7 @@ use crate::codec;
 use crate::handle::{Handle, Membership, PeerProgress, ReadFn, Request, Role, Stats, Status};
 use crate::machine::{Replica, StateMachine};
 use crate::membership;
-use crate::storage::{RedbStorage, StorageOptions, StoreError};
+use crate::storage::{DiskStorage, StorageOptions, StoreError};
 use crate::transport::{Inbound, Transport};
 use crate::{ClientError, NodeError};
 
@@ -39,7 +39,7 @@ pub struct NodeConfig {
     pub id: u64,
     /// The voters of a brand-new cluster (ignored once the storage exists).
     pub voters: Vec<u64>,
-    /// Directory of the node's `raft.redb`.
+    /// The node's storage directory (see [`crate::storage`]).
     pub data_dir: PathBuf,
     /// One Raft tick (100 ms).
     pub tick: Duration,
@@ -125,11 +125,7 @@ pub fn start<S: StateMachine, T: Transport>(
     inbox: mpsc::Receiver<Inbound>,
 ) -> Result<(Handle<S>, NodeTask), NodeError> {
     std::fs::create_dir_all(&cfg.data_dir).map_err(|e| NodeError::Raft(raft::Error::Io(e)))?;
-    let mut storage = RedbStorage::open(
-        &cfg.data_dir.join("raft.redb"),
-        &cfg.voters,
-        cfg.storage.clone(),
-    )?;
+    let mut storage = DiskStorage::open(&cfg.data_dir, &cfg.voters, cfg.storage.clone())?;
     let mut replica = Replica::new(machine);
     storage.bootstrap(replica.snapshot()?)?;
     let snap_index = storage.snapshot_metadata().index;
@@ -184,7 +180,7 @@ pub fn start<S: StateMachine, T: Transport>(
 
 struct Runner<S: StateMachine, T> {
     cfg: NodeConfig,
-    raw: RawNode<RedbStorage>,
+    raw: RawNode<DiskStorage>,
     replica: Replica<S>,
     transport: T,
     inbox: mpsc::Receiver<Inbound>,
@@ -572,7 +568,7 @@ impl<S: StateMachine, T: Transport> Runner<S, T> {
         self.maybe_compact()
     }
 
-    /// Persists a `Ready` (see [`RedbStorage::persist_ready`]). On a multi-threaded runtime the
+    /// Persists a `Ready` (see [`DiskStorage::persist_ready`]). On a multi-threaded runtime the
     /// commit's fsync runs on the blocking pool while this task waits, so the worker thread
     /// meanwhile runs the transport's writers (the appends just handed over leave at once) and
     /// the other nodes' tasks.
@@ -590,9 +586,9 @@ impl<S: StateMachine, T: Transport> Runner<S, T> {
         let w = tokio::task::spawn_blocking(move || w.commit())
             .await
             .map_err(|e| {
-                StoreError::Engine(redb::Error::Io(std::io::Error::other(format!(
+                StoreError::Io(std::io::Error::other(format!(
                     "the storage commit did not finish: {e}"
-                ))))
+                )))
             })?;
         Ok(self.raw.mut_store().end_ready(w)?)
     }

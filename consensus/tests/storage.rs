@@ -1,8 +1,8 @@
-//! The redb storage on its own: what survives a reopen, and what a crash leaves behind.
+//! The disk storage on its own: what survives a reopen, and what a crash leaves behind.
 
 use std::sync::Arc;
 
-use quarry_consensus::storage::{CrashStage, RedbStorage, StorageOptions, StoreError};
+use quarry_consensus::storage::{CrashStage, DiskStorage, StorageOptions, StoreError};
 use raft::eraftpb::{ConfState, Entry, HardState};
 use raft::{GetEntriesContext, Storage};
 
@@ -24,7 +24,7 @@ fn hs(term: u64, commit: u64) -> HardState {
     }
 }
 
-fn ents(s: &RedbStorage, lo: u64, hi: u64) -> Vec<Entry> {
+fn ents(s: &DiskStorage, lo: u64, hi: u64) -> Vec<Entry> {
     s.entries(lo, hi, None, GetEntriesContext::empty(false))
         .unwrap()
 }
@@ -32,9 +32,9 @@ fn ents(s: &RedbStorage, lo: u64, hi: u64) -> Vec<Entry> {
 #[test]
 fn reopen_restores_log_hard_state_and_snapshot() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("raft.redb");
+    let path = dir.path().join("node");
     {
-        let mut s = RedbStorage::open(&path, &[1, 2, 3], StorageOptions::default()).unwrap();
+        let mut s = DiskStorage::open(&path, &[1, 2, 3], StorageOptions::default()).unwrap();
         let init = s.initial_state().unwrap();
         assert_eq!(init.conf_state.voters, vec![1, 2, 3]);
         assert_eq!((s.first_index().unwrap(), s.last_index().unwrap()), (1, 0));
@@ -47,7 +47,7 @@ fn reopen_restores_log_hard_state_and_snapshot() {
         };
         s.compact(4, cs, b"machine at 4".to_vec()).unwrap();
     }
-    let s = RedbStorage::open(&path, &[9], StorageOptions::default()).unwrap();
+    let s = DiskStorage::open(&path, &[9], StorageOptions::default()).unwrap();
     assert_eq!(s.hard_state(), &hs(1, 5));
     assert_eq!((s.first_index().unwrap(), s.last_index().unwrap()), (5, 6));
     assert_eq!(s.term(4).unwrap(), 1);
@@ -63,14 +63,14 @@ fn reopen_restores_log_hard_state_and_snapshot() {
 #[test]
 fn append_replaces_the_conflicting_tail() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("raft.redb");
-    let mut s = RedbStorage::open(&path, &[1], StorageOptions::default()).unwrap();
+    let path = dir.path().join("node");
+    let mut s = DiskStorage::open(&path, &[1], StorageOptions::default()).unwrap();
     let batch: Vec<Entry> = (1..=5).map(|i| entry(i, 1)).collect();
     s.persist_ready(None, &batch, Some(&hs(1, 2))).unwrap();
     s.persist_ready(None, &[entry(3, 2)], Some(&hs(2, 2)))
         .unwrap();
     drop(s);
-    let s = RedbStorage::open(&path, &[1], StorageOptions::default()).unwrap();
+    let s = DiskStorage::open(&path, &[1], StorageOptions::default()).unwrap();
     assert_eq!(s.last_index().unwrap(), 3);
     assert_eq!(ents(&s, 1, 4), vec![entry(1, 1), entry(2, 1), entry(3, 2)]);
 }
@@ -78,8 +78,8 @@ fn append_replaces_the_conflicting_tail() {
 #[test]
 fn received_snapshot_replaces_the_log() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("raft.redb");
-    let mut s = RedbStorage::open(&path, &[1, 2], StorageOptions::default()).unwrap();
+    let path = dir.path().join("node");
+    let mut s = DiskStorage::open(&path, &[1, 2], StorageOptions::default()).unwrap();
     let batch: Vec<Entry> = (1..=3).map(|i| entry(i, 1)).collect();
     s.persist_ready(None, &batch, Some(&hs(1, 3))).unwrap();
     let mut snap = raft::eraftpb::Snapshot::default();
@@ -89,7 +89,7 @@ fn received_snapshot_replaces_the_log() {
     snap.data = b"s10".to_vec().into();
     s.persist_ready(Some(&snap), &[entry(11, 2)], None).unwrap();
     drop(s);
-    let s = RedbStorage::open(&path, &[1, 2], StorageOptions::default()).unwrap();
+    let s = DiskStorage::open(&path, &[1, 2], StorageOptions::default()).unwrap();
     assert_eq!(
         (s.first_index().unwrap(), s.last_index().unwrap()),
         (11, 11)
@@ -110,8 +110,8 @@ fn crash_at(stage: CrashStage, seq: u64, hs_first: bool) -> StorageOptions {
 fn crash_before_commit_leaves_the_previous_state_and_after_commit_the_new_one() {
     for (stage, want_last) in [(CrashStage::BeforeCommit, 2), (CrashStage::AfterCommit, 4)] {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("raft.redb");
-        let mut s = RedbStorage::open(&path, &[1], crash_at(stage, 2, false)).unwrap();
+        let path = dir.path().join("node");
+        let mut s = DiskStorage::open(&path, &[1], crash_at(stage, 2, false)).unwrap();
         s.persist_ready(None, &[entry(1, 1), entry(2, 1)], Some(&hs(1, 1)))
             .unwrap();
         let r = s.persist_ready(None, &[entry(3, 1), entry(4, 1)], Some(&hs(1, 4)));
@@ -120,7 +120,7 @@ fn crash_before_commit_leaves_the_previous_state_and_after_commit_the_new_one() 
             "{r:?}"
         );
         drop(s);
-        let s = RedbStorage::open(&path, &[1], StorageOptions::default()).unwrap();
+        let s = DiskStorage::open(&path, &[1], StorageOptions::default()).unwrap();
         assert_eq!(s.last_index().unwrap(), want_last, "{stage:?}");
         assert!(s.hard_state().commit <= want_last);
     }
@@ -131,12 +131,12 @@ fn crash_before_commit_leaves_the_previous_state_and_after_commit_the_new_one() 
 #[test]
 fn hard_state_written_before_entries_is_refused_on_open_after_a_crash() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("raft.redb");
-    let mut s = RedbStorage::open(&path, &[1], crash_at(CrashStage::Between, 1, true)).unwrap();
+    let path = dir.path().join("node");
+    let mut s = DiskStorage::open(&path, &[1], crash_at(CrashStage::Between, 1, true)).unwrap();
     let r = s.persist_ready(None, &[entry(1, 1), entry(2, 1)], Some(&hs(1, 2)));
     assert!(matches!(r, Err(StoreError::InjectedCrash { .. })), "{r:?}");
     drop(s);
-    let r = RedbStorage::open(&path, &[1], StorageOptions::default());
+    let r = DiskStorage::open(&path, &[1], StorageOptions::default());
     match r {
         Err(StoreError::Corrupt { what, .. }) => assert!(what.contains("points past"), "{what}"),
         other => panic!("a hard state past the log was accepted: {other:?}"),
