@@ -198,6 +198,11 @@ impl fmt::Debug for ReadyWrite {
 }
 
 impl ReadyWrite {
+    /// Whether the write (once committed) succeeded.
+    pub fn is_ok(&self) -> bool {
+        self.result.is_ok()
+    }
+
     /// Writes and fsyncs: a received snapshot's data first, then the batch that makes it the
     /// snapshot in force. The blocking part, which may run on any thread.
     pub fn commit(mut self) -> Self {

@@ -11,7 +11,9 @@ pub enum CrashStage {
     BeforeCommit,
     /// Only with `unsafe_hard_state_first`: hard state committed, entries not yet.
     Between,
-    /// Committed and fsynced, not yet reported back.
+    /// Committed and fsynced, not yet reported back to the node (on a multi-threaded
+    /// runtime the write's acknowledgements may have left already: they promise only what is
+    /// durable by then).
     AfterCommit,
 }
 
