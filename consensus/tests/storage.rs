@@ -5,6 +5,7 @@ use std::sync::Arc;
 use quarry_consensus::storage::{CrashStage, DiskStorage, StorageOptions, StoreError};
 use raft::eraftpb::{ConfState, Entry, HardState};
 use raft::{GetEntriesContext, Storage};
+use redb::ReadableTable;
 
 fn entry(index: u64, term: u64) -> Entry {
     Entry {
@@ -97,6 +98,97 @@ fn received_snapshot_replaces_the_log() {
     assert_eq!(s.hard_state().commit, 10);
     assert_eq!(s.hard_state().term, 2);
     assert_eq!(&s.load_snapshot().unwrap().data[..], b"s10");
+}
+
+fn snapshot(index: u64, term: u64, data: &[u8]) -> raft::eraftpb::Snapshot {
+    let mut snap = raft::eraftpb::Snapshot::default();
+    snap.mut_metadata().index = index;
+    snap.mut_metadata().term = term;
+    snap.mut_metadata().mut_conf_state().voters = vec![1, 2];
+    snap.data = data.to_vec().into();
+    snap
+}
+
+/// A follower whose log runs past the snapshot it receives (entries the leader does not have)
+/// keeps none of them: not after the write, not after a reopen, not after a second snapshot.
+#[test]
+fn received_snapshot_drops_the_log_past_it_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("node");
+    let mut s = DiskStorage::open(&path, &[1, 2], StorageOptions::default()).unwrap();
+    let batch: Vec<Entry> = (1..=12).map(|i| entry(i, 1)).collect();
+    s.persist_ready(None, &batch, Some(&hs(1, 3))).unwrap();
+    s.persist_ready(Some(&snapshot(10, 2, b"s10")), &[], None)
+        .unwrap();
+    assert_eq!(
+        (s.first_index().unwrap(), s.last_index().unwrap()),
+        (11, 10)
+    );
+    drop(s);
+    let mut s = DiskStorage::open(&path, &[1, 2], StorageOptions::default()).unwrap();
+    assert_eq!(
+        (s.first_index().unwrap(), s.last_index().unwrap()),
+        (11, 10)
+    );
+    assert_eq!(s.term(10).unwrap(), 2);
+    assert!(
+        s.term(12).is_err(),
+        "an entry past the snapshot survived it"
+    );
+    s.persist_ready(None, &[entry(11, 2), entry(12, 2)], None)
+        .unwrap();
+    s.persist_ready(Some(&snapshot(20, 3, b"s20")), &[entry(21, 3)], None)
+        .unwrap();
+    drop(s);
+    let s = DiskStorage::open(&path, &[1, 2], StorageOptions::default()).unwrap();
+    assert_eq!(
+        (s.first_index().unwrap(), s.last_index().unwrap()),
+        (21, 21)
+    );
+    assert_eq!(ents(&s, 21, 22), vec![entry(21, 3)]);
+    assert_eq!(&s.load_snapshot().unwrap().data[..], b"s20");
+    assert_eq!(s.hard_state().commit, 20);
+}
+
+/// The storage's snapshot table, opened directly.
+type SnapshotTable<'t> = redb::Table<'t, u64, &'static [u8]>;
+
+/// The snapshot's data lives apart from its metadata: data that is gone refuses the open, and
+/// data that no metadata names (a crash between the two writes) is dropped by it.
+#[test]
+fn snapshot_data_must_match_its_metadata_on_open() {
+    const SNAPSHOTS: redb::TableDefinition<'_, u64, &[u8]> =
+        redb::TableDefinition::new("snapshots");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("node");
+    let mut s = DiskStorage::open(&path, &[1, 2], StorageOptions::default()).unwrap();
+    s.persist_ready(Some(&snapshot(10, 2, b"s10")), &[], None)
+        .unwrap();
+    drop(s);
+    let file = path.join("snapshots.redb");
+    let edit = |f: &dyn Fn(&mut SnapshotTable<'_>)| {
+        let db = redb::Database::open(&file).unwrap();
+        let txn = db.begin_write().unwrap();
+        f(&mut txn.open_table(SNAPSHOTS).unwrap());
+        txn.commit().unwrap();
+    };
+    edit(&|t| {
+        t.insert(30, &b"orphan"[..]).unwrap();
+    });
+    let s = DiskStorage::open(&path, &[1, 2], StorageOptions::default()).unwrap();
+    assert_eq!(&s.load_snapshot().unwrap().data[..], b"s10");
+    drop(s);
+    edit(&|t| {
+        assert!(
+            t.get(30).unwrap().is_none(),
+            "orphan data survived the open"
+        );
+        t.remove(10).unwrap();
+    });
+    match DiskStorage::open(&path, &[1, 2], StorageOptions::default()) {
+        Err(StoreError::Corrupt { what, .. }) => assert!(what.contains("missing"), "{what}"),
+        other => panic!("a snapshot without its data was accepted: {other:?}"),
+    }
 }
 
 fn crash_at(stage: CrashStage, seq: u64, hs_first: bool) -> StorageOptions {
