@@ -94,6 +94,10 @@ const K_APPLIED: &[u8] = b"applied";
 const K_CONF: &[u8] = b"conf_state";
 const K_LOG_GROUP: &[u8] = b"log_group";
 
+/// The file of the storage before the log moved to raft-engine: a directory that holds it is
+/// refused rather than started afresh beside it.
+const OLD_FILE: &str = "raft.redb";
+
 /// Where a new cluster's log starts: [`DiskStorage::bootstrap`] writes a snapshot at this
 /// index, so the log of every founding member starts above it and a node that joins later
 /// (whose log is empty) can only catch up through a snapshot.
@@ -233,6 +237,15 @@ impl DiskStorage {
     /// directory `dir`, checking the invariants of the module docs.
     pub fn open(dir: &Path, voters: &[u64], opts: StorageOptions) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir)?;
+        if dir.join(OLD_FILE).exists() {
+            return Err(StoreError::Corrupt {
+                path: dir.to_path_buf(),
+                what: format!(
+                    "it holds a {OLD_FILE} (the single-file storage of an older version), which \
+                     this version does not read; starting beside it would start a new log"
+                ),
+            });
+        }
         let snapshots = Database::create(dir.join(SNAPSHOT_FILE)).map_err(snaps)?;
         let txn = snapshots.begin_write().map_err(snaps)?;
         txn.open_table(SNAPSHOTS).map_err(snaps)?;

@@ -234,3 +234,15 @@ fn hard_state_written_before_entries_is_refused_on_open_after_a_crash() {
         other => panic!("a hard state past the log was accepted: {other:?}"),
     }
 }
+
+/// A directory that still holds the single-file storage of an older version is refused: a
+/// fresh log started beside it would make the node forget what it promised.
+#[test]
+fn the_storage_of_an_older_version_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("raft.redb"), b"an old log").unwrap();
+    match DiskStorage::open(dir.path(), &[1], StorageOptions::default()) {
+        Err(StoreError::Corrupt { what, .. }) => assert!(what.contains("raft.redb"), "{what}"),
+        other => panic!("an old storage was ignored: {other:?}"),
+    }
+}
