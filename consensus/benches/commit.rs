@@ -11,8 +11,9 @@
 //!   300-byte value, for comparison: the log lived in redb before (several pages, then one
 //!   `fdatasync`, about twice `log_commit_ms`).
 //!   `entries_per_fsync_64` is the leader's log entries per fsynced write at 64 proposers.
-//! - quarry: 3 nodes over TCP on loopback (the crate's TCP transport), each with its redb
-//!   storage in the data directory (real fsync), 256-byte values. Proposers are tasks holding a
+//! - quarry: 3 nodes over TCP on loopback (the crate's TCP transport), each with its
+//!   storage (raft-engine log, redb snapshots) in the data directory (real fsync), 256-byte
+//!   values. Proposers are tasks holding a
 //!   [`Handle`] on the leader (in process: quarryd's RPC layer sits in front of this in
 //!   production and is not measured here).
 //! - etcd: 3 members of Debian's `etcd-server` (`/usr/bin/etcd`) on loopback ports, data in

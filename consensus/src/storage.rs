@@ -7,7 +7,7 @@
 //!
 //! The log engine keeps everything that must change together with the log, in two groups:
 //!
-//! - the *meta* group ([`META`]) holds the hard state (term, vote, commit), the metadata of
+//! - the *meta* group holds the hard state (term, vote, commit), the metadata of
 //!   the latest snapshot (its index, term and `ConfState`), the applied index, the
 //!   configuration of the latest applied conf change with its index
 //!   ([`DiskStorage::set_conf_state`]), and the id of the group that holds the log;
