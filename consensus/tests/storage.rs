@@ -246,3 +246,67 @@ fn the_storage_of_an_older_version_is_refused() {
         other => panic!("an old storage was ignored: {other:?}"),
     }
 }
+
+/// Well past the log engine's purge threshold (64 MiB of files), with compactions and a
+/// received snapshot along the way, the engine's purges and rewrites keep what the storage
+/// needs: a reopen finds the log, the hard state and the snapshot in force.
+#[test]
+fn the_log_survives_the_engines_purges() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("node");
+    let cs = ConfState {
+        voters: vec![1, 2],
+        ..Default::default()
+    };
+    let big = |index: u64, term: u64| Entry {
+        index,
+        term,
+        data: vec![(index % 251) as u8; 64 << 10].into(),
+        ..Default::default()
+    };
+    let mut s = DiskStorage::open(&path, &[1, 2], StorageOptions::default()).unwrap();
+    let mut index = 0;
+    for round in 0..24u64 {
+        let batch: Vec<Entry> = (index + 1..=index + 64)
+            .map(|i| big(i, 1 + round / 8))
+            .collect();
+        index += 64;
+        s.persist_ready(None, &batch, Some(&hs(1 + round / 8, index)))
+            .unwrap();
+        s.set_applied(index);
+        s.compact(index - 8, cs.clone(), format!("m{index}").into_bytes())
+            .unwrap();
+        if round == 12 {
+            index += 100;
+            let snap = snapshot(index, 3, format!("m{index}").as_bytes());
+            s.persist_ready(Some(&snap), &[], None).unwrap();
+        }
+    }
+    let (first, last, hard) = (
+        s.first_index().unwrap(),
+        s.last_index().unwrap(),
+        s.hard_state().clone(),
+    );
+    drop(s);
+    let s = DiskStorage::open(&path, &[1, 2], StorageOptions::default()).unwrap();
+    assert_eq!(
+        (s.first_index().unwrap(), s.last_index().unwrap()),
+        (first, last)
+    );
+    assert_eq!(s.hard_state(), &hard);
+    assert_eq!(
+        ents(&s, first, last + 1),
+        (first..=last).map(|i| big(i, 3)).collect::<Vec<_>>()
+    );
+    // Each compaction left 8 entries behind its snapshot, named after the last index then.
+    let data = format!("m{}", first - 1 + 8).into_bytes();
+    assert_eq!(s.load_snapshot().unwrap().data, data);
+    let files: u64 = std::fs::read_dir(path.join("raft-log"))
+        .unwrap()
+        .map(|f| f.unwrap().metadata().unwrap().len())
+        .sum();
+    assert!(
+        files < 96 << 20,
+        "the log engine purged nothing: {files} bytes of files"
+    );
+}
