@@ -5,11 +5,15 @@
 //!
 //! - `fsync_ms`: p50 of a 4 KiB write plus `fdatasync` in the benchmark's data directory
 //!   (overwriting allocated blocks), sampled before, between and after the two systems.
-//!   `redb_commit_ms` is the p50 of a redb transaction of one 300-byte value there: what one
-//!   `Ready` costs at least (redb writes several pages per commit, then one `fdatasync`).
+//!   `log_commit_ms` is the p50 of a raft-engine write of one 300-byte entry and a hard state
+//!   there, synced: what one `Ready` costs at least (the storage's log, see
+//!   `quarry_consensus::storage`). `redb_commit_ms` is the p50 of a redb transaction of one
+//!   300-byte value, for comparison: the log lived in redb before (several pages, then one
+//!   `fdatasync`, about twice `log_commit_ms`).
 //!   `entries_per_fsync_64` is the leader's log entries per fsynced write at 64 proposers.
-//! - quarry: 3 nodes over TCP on loopback (the crate's TCP transport), each with its redb
-//!   file in the data directory (real fsync), 256-byte values. Proposers are tasks holding a
+//! - quarry: 3 nodes over TCP on loopback (the crate's TCP transport), each with its
+//!   storage (raft-engine log, redb snapshots) in the data directory (real fsync), 256-byte
+//!   values. Proposers are tasks holding a
 //!   [`Handle`] on the leader (in process: quarryd's RPC layer sits in front of this in
 //!   production and is not measured here).
 //! - etcd: 3 members of Debian's `etcd-server` (`/usr/bin/etcd`) on loopback ports, data in
@@ -147,6 +151,51 @@ fn redb_commit_ms(dir: &Path, samples: usize) -> f64 {
     }
     drop(db);
     let _ = std::fs::remove_file(path);
+    t.sort_by(f64::total_cmp);
+    percentile(&t, 0.5)
+}
+
+/// The raft-engine probe's entry type.
+struct Ents;
+impl raft_engine::MessageExt for Ents {
+    type Entry = raft::eraftpb::Entry;
+    fn index(e: &raft::eraftpb::Entry) -> u64 {
+        e.index
+    }
+}
+
+/// p50 of a raft-engine write of one 300-byte entry and a hard state, synced.
+fn log_commit_ms(dir: &Path, samples: usize) -> f64 {
+    let path = dir.join("log-probe");
+    let cfg = raft_engine::Config {
+        dir: path.to_str().unwrap().to_owned(),
+        batch_compression_threshold: raft_engine::ReadableSize(0),
+        ..Default::default()
+    };
+    let engine = raft_engine::Engine::open(cfg).expect("raft-engine probe");
+    let mut t = Vec::with_capacity(samples);
+    for i in 1..=samples as u64 {
+        let e = raft::eraftpb::Entry {
+            index: i,
+            term: 1,
+            data: vec![7u8; 300].into(),
+            ..Default::default()
+        };
+        let hs = raft::eraftpb::HardState {
+            term: 1,
+            vote: 1,
+            commit: i,
+            ..Default::default()
+        };
+        let t0 = Instant::now();
+        let mut b = raft_engine::LogBatch::default();
+        b.add_entries::<Ents>(1, &[e]).unwrap();
+        b.put_message(1, b"hs".to_vec(), &hs).unwrap();
+        engine.write(&mut b, true).unwrap();
+        t.push(ms(t0.elapsed()));
+    }
+    drop(engine);
+    let _ = std::fs::remove_dir_all(path);
     t.sort_by(f64::total_cmp);
     percentile(&t, 0.5)
 }
@@ -464,6 +513,8 @@ fn main() {
     let mut fs = fsync_samples(dir.path(), plan.fsync_samples / 3);
     let redb_ms = redb_commit_ms(dir.path(), plan.fsync_samples);
     eprintln!("redb commit (one 300-byte value) p50: {redb_ms:.2} ms");
+    let log_ms = log_commit_ms(dir.path(), plan.fsync_samples);
+    eprintln!("raft-engine write (one 300-byte entry + hard state) p50: {log_ms:.2} ms");
     let mut q = rt.block_on(bench_quarry(dir.path(), &plan));
     fs.extend(fsync_samples(dir.path(), plan.fsync_samples / 3));
     let (mut e1, e64) = rt.block_on(bench_etcd(dir.path(), &plan));
@@ -499,7 +550,7 @@ fn main() {
         q.many.ops_per_s() / e64.ops_per_s()
     );
     println!(
-        "{{\"fsync_ms\":{},\"p50_ms_1\":{},\"p99_ms_1\":{},\"ops_per_s_1\":{},\"ops_per_s_64\":{},\"entries_per_fsync_64\":{},\"redb_commit_ms\":{},\"etcd_p50_ms_1\":{},\"etcd_p99_ms_1\":{},\"etcd_ops_per_s_1\":{},\"etcd_ops_per_s_64\":{},\"quick\":{}}}",
+        "{{\"fsync_ms\":{},\"p50_ms_1\":{},\"p99_ms_1\":{},\"ops_per_s_1\":{},\"ops_per_s_64\":{},\"entries_per_fsync_64\":{},\"redb_commit_ms\":{},\"log_commit_ms\":{},\"etcd_p50_ms_1\":{},\"etcd_p99_ms_1\":{},\"etcd_ops_per_s_1\":{},\"etcd_ops_per_s_64\":{},\"quick\":{}}}",
         round2(fsync),
         round2(qp50),
         round2(qp99),
@@ -507,6 +558,7 @@ fn main() {
         q.many.ops_per_s().round(),
         round2(q.entries_per_fsync_64),
         round2(redb_ms),
+        round2(log_ms),
         round2(ep50),
         round2(ep99),
         e1.ops_per_s().round(),

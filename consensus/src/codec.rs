@@ -11,7 +11,7 @@
 //! format it does not know refuses it loudly instead of guessing. State-machine command enums
 //! are encoded by variant position, so a machine may add variants at the end, never reorder.
 
-use raft::eraftpb::{Entry, HardState, Message, SnapshotMetadata};
+use raft::eraftpb::{HardState, Message, SnapshotMetadata};
 use serde::{de::DeserializeOwned, Serialize};
 
 /// The first (and so far only) format of our own records.
@@ -116,10 +116,6 @@ fn decode_pb<M: protobuf::Message>(bytes: &[u8]) -> Result<M, CodecError> {
 
 /// Decodes a raft message (the transport's payload).
 pub fn decode_message(bytes: &[u8]) -> Result<Message, CodecError> {
-    decode_pb(bytes)
-}
-
-pub(crate) fn decode_entry(bytes: &[u8]) -> Result<Entry, CodecError> {
     decode_pb(bytes)
 }
 

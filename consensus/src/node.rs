@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use raft::eraftpb::{ConfChangeV2, Entry, EntryType};
@@ -19,7 +20,7 @@ use crate::codec;
 use crate::handle::{Handle, Membership, PeerProgress, ReadFn, Request, Role, Stats, Status};
 use crate::machine::{Replica, StateMachine};
 use crate::membership;
-use crate::storage::{RedbStorage, StorageOptions, StoreError};
+use crate::storage::{DiskStorage, StorageOptions, StoreError};
 use crate::transport::{Inbound, Transport};
 use crate::{ClientError, NodeError};
 
@@ -39,7 +40,7 @@ pub struct NodeConfig {
     pub id: u64,
     /// The voters of a brand-new cluster (ignored once the storage exists).
     pub voters: Vec<u64>,
-    /// Directory of the node's `raft.redb`.
+    /// The node's storage directory (see [`crate::storage`]).
     pub data_dir: PathBuf,
     /// One Raft tick (100 ms).
     pub tick: Duration,
@@ -116,8 +117,8 @@ pub type NodeTask = JoinHandle<Result<(), NodeError>>;
 /// must be delivered to the sender of `inbox` (see [`crate::transport::inbox`]).
 ///
 /// After the owner task of a node was aborted, its last storage commit may still be finishing
-/// on the blocking pool for a moment: starting it again at once may fail with redb's
-/// `DatabaseAlreadyOpen`; retry shortly.
+/// on the blocking pool for a moment: starting it again at once may fail with a storage error
+/// for which [`crate::storage::StoreError::is_already_open`] holds; retry shortly.
 pub fn start<S: StateMachine, T: Transport>(
     cfg: NodeConfig,
     machine: S,
@@ -125,11 +126,7 @@ pub fn start<S: StateMachine, T: Transport>(
     inbox: mpsc::Receiver<Inbound>,
 ) -> Result<(Handle<S>, NodeTask), NodeError> {
     std::fs::create_dir_all(&cfg.data_dir).map_err(|e| NodeError::Raft(raft::Error::Io(e)))?;
-    let mut storage = RedbStorage::open(
-        &cfg.data_dir.join("raft.redb"),
-        &cfg.voters,
-        cfg.storage.clone(),
-    )?;
+    let mut storage = DiskStorage::open(&cfg.data_dir, &cfg.voters, cfg.storage.clone())?;
     let mut replica = Replica::new(machine);
     storage.bootstrap(replica.snapshot()?)?;
     let snap_index = storage.snapshot_metadata().index;
@@ -167,7 +164,7 @@ pub fn start<S: StateMachine, T: Transport>(
     let runner = Runner {
         raw,
         replica,
-        transport,
+        transport: Arc::new(transport),
         inbox,
         requests: rx,
         proposals: BTreeMap::new(),
@@ -184,9 +181,9 @@ pub fn start<S: StateMachine, T: Transport>(
 
 struct Runner<S: StateMachine, T> {
     cfg: NodeConfig,
-    raw: RawNode<RedbStorage>,
+    raw: RawNode<DiskStorage>,
     replica: Replica<S>,
-    transport: T,
+    transport: Arc<T>,
     inbox: mpsc::Receiver<Inbound>,
     requests: mpsc::Receiver<Request<S>>,
     /// Proposals in this node's log, by index, waiting to be applied.
@@ -519,11 +516,13 @@ impl<S: StateMachine, T: Transport> Runner<S, T> {
         let soft = rd.ss().map(|ss| (ss.leader_id, ss.raft_state));
 
         // 1. A leader's messages may leave before its own write (Raft thesis §10.2.1).
-        self.send(rd.take_messages());
+        let sent = self.send(rd.take_messages());
 
         // 2. Snapshot, entries, hard state: one atomic, fsynced write. A hard state whose
         //    only change is the commit index promises nothing to anyone: it waits in memory
         //    for the next write (see the storage docs), which saves an fsync per commit.
+        //    Only once the write is durable do the messages that promise it leave (votes,
+        //    append acknowledgements: `persisted_messages`).
         let snapshot = (!rd.snapshot().is_empty()).then(|| rd.snapshot().clone());
         let hs = rd.hs().cloned();
         let old = self.raw.store().hard_state();
@@ -531,10 +530,20 @@ impl<S: StateMachine, T: Transport> Runner<S, T> {
             .as_ref()
             .is_some_and(|h| h.term != old.term || h.vote != old.vote);
         if snapshot.is_some() || !rd.entries().is_empty() || vote_or_term {
-            self.persist(snapshot.as_ref(), rd.entries(), hs.as_ref())
-                .await?;
-        } else if let Some(h) = hs {
-            self.raw.mut_store().set_commit(h.commit);
+            let persisted = rd.take_persisted_messages();
+            self.persist(
+                snapshot.as_ref(),
+                rd.entries(),
+                hs.as_ref(),
+                sent,
+                persisted,
+            )
+            .await?;
+        } else {
+            if let Some(h) = hs {
+                self.raw.mut_store().set_commit(h.commit);
+            }
+            self.send(rd.take_persisted_messages());
         }
 
         // 3. Apply the snapshot, then the committed entries (durable by construction).
@@ -553,9 +562,7 @@ impl<S: StateMachine, T: Transport> Runner<S, T> {
             self.on_read_state(rs.index, &rs.request_ctx);
         }
 
-        // 4. Only now may the messages that promise durability leave (votes, append acks).
-        self.send(rd.take_persisted_messages());
-
+        // 4. Advance.
         let mut light = self.raw.advance(rd);
         if let Some(commit) = light.commit_index() {
             self.raw.mut_store().set_commit(commit);
@@ -572,35 +579,59 @@ impl<S: StateMachine, T: Transport> Runner<S, T> {
         self.maybe_compact()
     }
 
-    /// Persists a `Ready` (see [`RedbStorage::persist_ready`]). On a multi-threaded runtime the
-    /// commit's fsync runs on the blocking pool while this task waits, so the worker thread
-    /// meanwhile runs the transport's writers (the appends just handed over leave at once) and
-    /// the other nodes' tasks.
+    /// Persists a `Ready` (see [`DiskStorage::persist_ready`]), then hands `persisted` (the
+    /// messages that promise durability: votes, append acknowledgements) to the transport.
+    ///
+    /// On a multi-threaded runtime the write runs on the blocking pool while this task waits,
+    /// and `persisted` leave from there as soon as the fsync returned, without waiting for
+    /// this task to be scheduled again (a follower's acknowledgement is on the commit's
+    /// critical path). When step 1 handed messages to the transport (a leader's appends), the
+    /// task first yields once, so that the transport's writers, woken on this worker, put
+    /// them on the wire before the write starts: the followers' writes then overlap the
+    /// leader's.
     async fn persist(
         &mut self,
         snapshot: Option<&raft::eraftpb::Snapshot>,
         entries: &[Entry],
         hs: Option<&raft::eraftpb::HardState>,
+        sent: bool,
+        persisted: Vec<raft::eraftpb::Message>,
     ) -> Result<(), NodeError> {
-        let store = self.raw.mut_store();
         if !multi_thread() || self.cfg.storage.unsafe_hard_state_first {
-            return Ok(store.persist_ready(snapshot, entries, hs)?);
+            self.raw.mut_store().persist_ready(snapshot, entries, hs)?;
+            self.send(persisted);
+            return Ok(());
         }
-        let w = store.begin_ready(snapshot, entries, hs)?;
-        let w = tokio::task::spawn_blocking(move || w.commit())
-            .await
-            .map_err(|e| {
-                StoreError::Engine(redb::Error::Io(std::io::Error::other(format!(
-                    "the storage commit did not finish: {e}"
-                ))))
-            })?;
+        if sent {
+            tokio::task::yield_now().await;
+        }
+        let w = self.raw.mut_store().begin_ready(snapshot, entries, hs)?;
+        let transport = self.transport.clone();
+        let w = tokio::task::spawn_blocking(move || {
+            let w = w.commit();
+            if w.is_ok() {
+                for m in persisted {
+                    transport.send(m);
+                }
+            }
+            w
+        })
+        .await
+        .map_err(|e| {
+            StoreError::Io(std::io::Error::other(format!(
+                "the storage commit did not finish: {e}"
+            )))
+        })?;
         Ok(self.raw.mut_store().end_ready(w)?)
     }
 
-    fn send(&self, msgs: Vec<raft::eraftpb::Message>) {
+    /// Hands `msgs` to the transport; whether there were any.
+    fn send(&self, msgs: Vec<raft::eraftpb::Message>) -> bool {
+        let any = !msgs.is_empty();
         for m in msgs {
             self.transport.send(m);
         }
+        any
     }
 
     fn apply(&mut self, entries: Vec<Entry>) -> Result<(), NodeError> {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Cluster, Kv, KvCommand};
-use quarry_consensus::storage::{RedbStorage, StorageOptions};
+use quarry_consensus::storage::{DiskStorage, StorageOptions};
 use quarry_consensus::{ClientError, IdempotencyKey, Role};
 use tokio::time::Instant;
 
@@ -198,8 +198,8 @@ async fn lagging_node_catches_up_through_a_snapshot() {
     let want = c.local_map(leader).await;
     assert_eq!(c.local_map(3).await, want);
     c.stop(3).await;
-    let s = RedbStorage::open(
-        &c.dir.path().join("n3/raft.redb"),
+    let s = DiskStorage::open(
+        &c.dir.path().join("n3"),
         &[1, 2, 3],
         StorageOptions::default(),
     )

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{Cluster, Kv, KvCommand};
-use quarry_consensus::storage::{RedbStorage, StorageOptions, BOOTSTRAP_INDEX};
+use quarry_consensus::storage::{DiskStorage, StorageOptions, BOOTSTRAP_INDEX};
 use quarry_consensus::{ClientError, Handle, IdempotencyKey, MemberChange, Role};
 use raft::Storage;
 use tokio::time::Instant;
@@ -101,12 +101,7 @@ async fn joiner_catches_up_by_snapshot_is_promoted_and_a_removed_voter_stays_qui
     }
 
     c.stop(4).await;
-    let s = RedbStorage::open(
-        &c.dir.path().join("n4/raft.redb"),
-        &[],
-        StorageOptions::default(),
-    )
-    .unwrap();
+    let s = DiskStorage::open(&c.dir.path().join("n4"), &[], StorageOptions::default()).unwrap();
     assert!(
         s.snapshot_metadata().index > BOOTSTRAP_INDEX,
         "node 4 caught up without a snapshot"
@@ -343,8 +338,8 @@ async fn restart_after_a_membership_change_restores_the_configuration() {
     }
     // On disk, each member's configuration is the latest one, not the founding one.
     for &id in &stay {
-        let s = RedbStorage::open(
-            &c.dir.path().join(format!("n{id}/raft.redb")),
+        let s = DiskStorage::open(
+            &c.dir.path().join(format!("n{id}")),
             &[],
             StorageOptions::default(),
         )

@@ -73,7 +73,7 @@ struct Running {
     task: JoinHandle<Result<(), NodeError>>,
 }
 
-/// N nodes on one in-memory network, each with its own redb file.
+/// N nodes on one in-memory network, each with its own storage directory.
 pub struct Cluster {
     pub net: MemNetwork,
     pub dir: tempfile::TempDir,

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use quarry_consensus::storage::{RedbStorage, StorageOptions, StoreError};
+use quarry_consensus::storage::{DiskStorage, StorageOptions};
 use quarry_consensus::tcp::{serve, TcpConnector, TcpTransport};
 use quarry_consensus::{start, transport, ClientError, Handle, NodeConfig, NodeTask};
 use tokio::io::AsyncReadExt;
@@ -176,14 +176,11 @@ impl TcpCluster {
     pub async fn start_node(&mut self, id: u64) {
         let cfg = self.config(id);
         // A killed node's last commit may still be finishing on the blocking pool, holding
-        // its file for a moment.
-        let path = cfg.data_dir.join("raft.redb");
+        // its storage for a moment.
         let deadline = Instant::now() + Duration::from_secs(5);
-        while path.exists() {
-            match RedbStorage::open(&path, &cfg.voters, StorageOptions::default()) {
-                Err(StoreError::Engine(redb::Error::DatabaseAlreadyOpen))
-                    if Instant::now() < deadline =>
-                {
+        while cfg.data_dir.exists() {
+            match DiskStorage::open(&cfg.data_dir, &cfg.voters, StorageOptions::default()) {
+                Err(e) if e.is_already_open() && Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(10)).await
                 }
                 _ => break,
