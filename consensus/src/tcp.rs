@@ -31,8 +31,10 @@
 //!   chunk was written and flushed, not ok on any error, so raft-rs resumes or retries
 //!   replication. Each chunk has its own [`WRITE_TIMEOUT`]: a big snapshot on a slow link
 //!   goes through, a stalled one is cut off.
-//! - Streams come from a [`Connector`] and an [`Acceptor`], so quarryd can hand in mutual-TLS
-//!   streams; the transport itself never looks at addresses beyond asking the connector.
+//! - Streams come from a [`Connector`] and an [`Acceptor`], so any stream (a mutual-TLS one
+//!   too) can carry it; the transport itself never looks at addresses beyond asking the
+//!   connector. quarryd does not use this transport: it carries Raft messages on its own
+//!   node RPC's Raft lane (`quarry_node::cluster::transport`), beside its other lanes.
 //!
 //! # Left out (for now)
 //!
