@@ -199,11 +199,18 @@ fn routes(c: &Cluster, ask: &Host, want: &[(u64, usize)], limit: Duration) {
     .unwrap_or_else(|e| c.fail(e));
 }
 
-/// The example, copied under the lab, changed by `edit` (quarry.yml) and `files` (the copy).
-fn copy(c: &Cluster, name: &str, edit: impl Fn(&str) -> String, files: impl Fn(&Path)) -> PathBuf {
-    let dir = example_copy(&c.lab.dir().join(name).join(STACK), edit);
+/// The example, copied under the lab as `name`, its files changed by `files`.
+fn copy(c: &Cluster, name: &str, files: impl Fn(&Path)) -> PathBuf {
+    let dir = example_copy(&c.lab.dir().join(name).join(STACK), |y| y.to_owned());
     files(&dir);
     dir
+}
+
+/// The example with a changed web image (its health page says something else).
+fn changed_web(c: &Cluster) -> PathBuf {
+    copy(c, "v2", |d| {
+        std::fs::write(d.join("web/www/health"), "ok, changed\n").expect("health");
+    })
 }
 
 /// `quarry deploy DIR` through `h`, following it, as a child to time or watch.
@@ -225,7 +232,7 @@ fn deployed(report: &mut Vec<String>) -> (Cluster, Client) {
     let h1 = c.lab.host(1).name();
     c.lead(&h1);
     report.push(format!("cluster up, {h1} leading: {:.1}s", secs(t0)));
-    let dir = copy(&c, "v1", |y| y.to_owned(), |_| {});
+    let dir = copy(&c, "v1", |_| {});
     let t = Instant::now();
     let out = deploy(&c, c.lab.host(1), &dir)
         .wait_with_output()
@@ -290,14 +297,7 @@ fn the_router_serves_the_domain_and_deploys_switch_or_roll_back_with_zero_failed
     ));
 
     // A changed web image: zero failed requests; then only revision 2 is routed.
-    let changed = copy(
-        &c,
-        "v2",
-        |y| y.to_owned(),
-        |d| {
-            std::fs::write(d.join("web/www/health"), "ok, changed\n").expect("health");
-        },
-    );
+    let changed = changed_web(&c);
     let before = client.tally();
     let t = Instant::now();
     let out = deploy(&c, hosts[1], &changed)
@@ -326,14 +326,9 @@ fn the_router_serves_the_domain_and_deploys_switch_or_roll_back_with_zero_failed
     // and serving, the deploy reported failed with its reason.
     let stacks = c.cli.json(hosts[2], &["stacks"]).expect("stacks");
     let revision_before = stacks["stacks"][0]["revision"].as_u64().expect("revision");
-    let sick = copy(
-        &c,
-        "v3",
-        |y| y.to_owned(),
-        |d| {
-            std::fs::remove_file(d.join("web/www/health")).expect("rm health");
-        },
-    );
+    let sick = copy(&c, "v3", |d| {
+        std::fs::remove_file(d.join("web/www/health")).expect("rm health");
+    });
     let before = client.tally();
     let t = Instant::now();
     let out = deploy(&c, hosts[0], &sick)
@@ -596,14 +591,7 @@ fn every_quarryd_killed_keeps_serving_restarted_touches_nothing_and_the_leader_c
     let leader = c.lab.host(1);
     c.lead(&leader.name());
     let through = c.lab.host(2);
-    let changed = copy(
-        &c,
-        "v2",
-        |y| y.to_owned(),
-        |d| {
-            std::fs::write(d.join("web/www/health"), "ok, changed\n").expect("health");
-        },
-    );
+    let changed = changed_web(&c);
     let before = client.tally();
     let mut child = deploy(&c, through, &changed);
     poll("new web replicas placed", Duration::from_secs(60), || {
