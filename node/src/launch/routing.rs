@@ -9,7 +9,7 @@
 //! - [`switched`]: whether a router's acknowledged table has left a stack's retiring replicas.
 //! - [`verdict`]: what a stack's rollout needs next: nothing, wait, retire the replaced
 //!   replicas (new ones ready and every live router switched), or roll back (a new replica
-//!   failed, its server went silent, or the rollout ran out of time).
+//!   failed, its server went silent, or the rollout ran out of time, routers included).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -237,6 +237,13 @@ pub fn verdict(
         return Verdict::Wait(waiting);
     }
     if !routers_switched {
+        if watched >= ROLLOUT_LIMIT {
+            return Verdict::RollBack(format!(
+                "the routers did not switch to the new replicas within {}s (`quarry routes` \
+                 says why)",
+                ROLLOUT_LIMIT.as_secs()
+            ));
+        }
         return Verdict::Wait(vec!["the routers to switch to the new replicas".to_owned()]);
     }
     Verdict::Retire

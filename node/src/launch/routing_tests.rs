@@ -90,6 +90,10 @@ fn a_rollout_waits_retires_once_ready_and_switched_and_rolls_back_on_failure_or_
     let t = Duration::from_secs(1);
     assert_eq!(verdict(rec, &ready, true, t), Verdict::Retire);
     assert!(matches!(verdict(rec, &ready, false, t), Verdict::Wait(w) if w[0].contains("routers")));
+    assert!(
+        matches!(verdict(rec, &ready, false, ROLLOUT_LIMIT), Verdict::RollBack(r) if r.contains("routers did not switch")),
+        "a router that never switches does not hold the deploy forever"
+    );
     let starting = |d: &DesiredContainer| {
         if d.node == "web" {
             Health::Waiting("starting".into())
