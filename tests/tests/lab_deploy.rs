@@ -56,6 +56,14 @@ fn cluster_picture(lab: &Lab, cli: &Cli, h: &Host) -> (Value, Value, Vec<BTreeSe
     (stacks, grid, running)
 }
 
+/// The servers the web replicas of `rows` (`quarry ps` rows) run on.
+fn web_servers(rows: &[Value]) -> BTreeSet<&str> {
+    rows.iter()
+        .filter(|r| r["node"] == "web")
+        .filter_map(|r| r["server"].as_str())
+        .collect()
+}
+
 #[test]
 fn deploys_run_on_the_grid_scale_refuse_bad_stacks_and_survive_the_receiver_cut_off() {
     let t0 = Instant::now();
@@ -96,13 +104,9 @@ fn deploys_run_on_the_grid_scale_refuse_bad_stacks_and_survive_the_receiver_cut_
         &[("kv", 1), ("web", 2), ("ticker", 1)],
         Duration::from_secs(30),
     );
-    let web_servers: BTreeSet<&str> = rows
-        .iter()
-        .filter(|r| r["node"] == "web")
-        .filter_map(|r| r["server"].as_str())
-        .collect();
+    let spread = web_servers(&rows);
     assert_eq!(
-        web_servers.len(),
+        spread.len(),
         2,
         "web replicas on different servers: {rows:?}"
     );
@@ -166,12 +170,8 @@ fn deploys_run_on_the_grid_scale_refuse_bad_stacks_and_survive_the_receiver_cut_
         &[("kv", 1), ("web", 3), ("ticker", 1)],
         Duration::from_secs(30),
     );
-    let web_servers: BTreeSet<&str> = rows
-        .iter()
-        .filter(|r| r["node"] == "web")
-        .filter_map(|r| r["server"].as_str())
-        .collect();
-    assert_eq!(web_servers.len(), 3, "three web replicas on three servers");
+    let spread = web_servers(&rows);
+    assert_eq!(spread.len(), 3, "three web replicas on three servers");
     counter_rises(lab, &rows);
     let out = cli.run(hosts[1], &["scale", "-s", "guestbook", "web=1"]);
     assert!(out.status.success(), "scale down: {}", text(&out));

@@ -67,6 +67,8 @@ pub mod membership;
 mod node;
 mod stacks;
 mod state;
+#[cfg(test)]
+pub(crate) use state::tests as state_tests;
 mod tasks;
 pub mod transport;
 mod view;

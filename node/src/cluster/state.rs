@@ -672,4 +672,4 @@ impl ClusterState {
 
 #[cfg(test)]
 #[path = "state_tests.rs"]
-mod tests;
+pub(crate) mod tests;

@@ -1,7 +1,8 @@
 use super::*;
 use crate::rpc::join::ServerSettings;
 
-fn member(name: &str, ip: &str) -> Member {
+/// A member of 1 GiB named `name` at `ip`, on the default ports.
+pub(crate) fn member(name: &str, ip: &str) -> Member {
     Member {
         name: name.to_owned(),
         address: ip.parse().expect("ip"),

@@ -1,8 +1,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::*;
+use crate::cluster::state_tests::member;
 use crate::cluster::{Command, GridOp, Outcome, Refusal};
-use crate::rpc::join::{Member, ServerSettings};
 use crate::spec::{self, Facts};
 use crate::types::Kind;
 
@@ -27,20 +27,6 @@ pub(crate) fn stack(yml: &str, digest: &'static str) -> StackFile {
 
 pub(crate) fn source(n: u8) -> SourceHash {
     SourceHash::of(&[n])
-}
-
-fn member(name: &str, ip: &str) -> Member {
-    Member {
-        name: name.to_owned(),
-        address: ip.parse().expect("ip"),
-        rpc_port: 7701,
-        gossip_port: 7702,
-        api_port: 7700,
-        hostname: name.to_owned(),
-        memory: 1 << 30,
-        tags: vec![],
-        settings: ServerSettings::default(),
-    }
 }
 
 /// Three servers h1..h3 of 1 GiB, each with its grid block.
