@@ -167,20 +167,11 @@ impl raft_engine::MessageExt for Ents {
 /// p50 of a raft-engine write of one 300-byte entry and a hard state, synced.
 fn log_commit_ms(dir: &Path, samples: usize) -> f64 {
     let path = dir.join("log-probe");
-    let cfg = raft_engine::Config {
-        dir: path.to_str().unwrap().to_owned(),
-        batch_compression_threshold: raft_engine::ReadableSize(0),
-        ..Default::default()
-    };
-    let engine = raft_engine::Engine::open(cfg).expect("raft-engine probe");
+    let engine = probe_engine(&path);
     let mut t = Vec::with_capacity(samples);
     for i in 1..=samples as u64 {
-        let (e, hs) = probe_entry(i);
         let t0 = Instant::now();
-        let mut b = raft_engine::LogBatch::default();
-        b.add_entries::<Ents>(1, &[e]).unwrap();
-        b.put_message(1, b"hs".to_vec(), &hs).unwrap();
-        engine.write(&mut b, true).unwrap();
+        engine.write(&mut probe_batch(i), true).unwrap();
         t.push(ms(t0.elapsed()));
     }
     drop(engine);
@@ -201,18 +192,10 @@ fn log_commit_2of3_ms(dir: &Path, rounds: usize) -> f64 {
             let barrier = barrier.clone();
             let path = dir.join(format!("log-probe-{k}"));
             std::thread::spawn(move || {
-                let cfg = raft_engine::Config {
-                    dir: path.to_str().unwrap().to_owned(),
-                    batch_compression_threshold: raft_engine::ReadableSize(0),
-                    ..Default::default()
-                };
-                let engine = raft_engine::Engine::open(cfg).expect("raft-engine probe");
+                let engine = probe_engine(&path);
                 let mut spans = Vec::with_capacity(rounds);
                 for i in 1..=rounds as u64 {
-                    let (e, hs) = probe_entry(i);
-                    let mut b = raft_engine::LogBatch::default();
-                    b.add_entries::<Ents>(1, &[e]).unwrap();
-                    b.put_message(1, b"hs".to_vec(), &hs).unwrap();
+                    let mut b = probe_batch(i);
                     barrier.wait();
                     let t0 = Instant::now();
                     engine.write(&mut b, true).unwrap();
@@ -240,8 +223,18 @@ fn log_commit_2of3_ms(dir: &Path, rounds: usize) -> f64 {
     percentile(&t, 0.5)
 }
 
-/// The probes' entry `i` (300 bytes) and a hard state committing it.
-fn probe_entry(i: u64) -> (raft::eraftpb::Entry, raft::eraftpb::HardState) {
+/// A raft-engine for a probe, in `path`.
+fn probe_engine(path: &Path) -> raft_engine::Engine {
+    let cfg = raft_engine::Config {
+        dir: path.to_str().unwrap().to_owned(),
+        batch_compression_threshold: raft_engine::ReadableSize(0),
+        ..Default::default()
+    };
+    raft_engine::Engine::open(cfg).expect("raft-engine probe")
+}
+
+/// The probes' write `i`: entry `i` (300 bytes) and a hard state committing it.
+fn probe_batch(i: u64) -> raft_engine::LogBatch {
     let e = raft::eraftpb::Entry {
         index: i,
         term: 1,
@@ -254,7 +247,10 @@ fn probe_entry(i: u64) -> (raft::eraftpb::Entry, raft::eraftpb::HardState) {
         commit: i,
         ..Default::default()
     };
-    (e, hs)
+    let mut b = raft_engine::LogBatch::default();
+    b.add_entries::<Ents>(1, &[e]).unwrap();
+    b.put_message(1, b"hs".to_vec(), &hs).unwrap();
+    b
 }
 
 fn value(seed: u64) -> Vec<u8> {
