@@ -6,6 +6,7 @@ use std::process::{Command, Output};
 
 use quarry_node::config::Config;
 use quarry_node::daemon::{self, Secrets};
+use quarry_node::router::{Nginx, StopOnDrop};
 
 fn config(dir: &Path, name: &str) -> Config {
     let mut c = Config::default();
@@ -16,6 +17,10 @@ fn config(dir: &Path, name: &str) -> Config {
     c.rpc_port = 0;
     c.memory = Some("3G".to_owned());
     c.tags = vec!["router".to_owned()];
+    // A router listens on a free loopback port, not on the host's port 80.
+    c.router_listen = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port");
     c.paths.data = dir.join(name).join("data");
     c.paths.secrets = dir.join(name).join("secrets");
     c.paths.api_socket = dir.join(name).join("api.sock");
@@ -52,6 +57,8 @@ async fn status_and_servers_talk_to_a_running_server_with_the_token() {
     let dir = tempfile::tempdir().expect("tmp");
     let c1 = config(dir.path(), "h1");
     let init = daemon::init(&c1).expect("init");
+    // h1 is a router: its nginx outlives the server by design, so the test stops it.
+    let _nginx = StopOnDrop(Nginx::new(&c1.paths.data.join("router")));
     let r1 = daemon::run(&c1).await.expect("run");
     let c2 = config(dir.path(), "h2");
     daemon::join(&c2, r1.rpc.local_addr(), &init.token)

@@ -7,6 +7,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use quarry_node::api::client::{self, Endpoint};
+use quarry_node::router::{Nginx, StopOnDrop};
 
 struct Server {
     dir: PathBuf,
@@ -80,13 +81,6 @@ fn show(o: &Output) -> String {
 }
 
 /// Stops a router's nginx (its own daemon, which outlives quarryd) when the test ends.
-struct NginxGuard(quarry_node::router::Nginx);
-impl Drop for NginxGuard {
-    fn drop(&mut self) {
-        let _ = self.0.stop_and_remove();
-    }
-}
-
 /// Kills the `quarryd run` child when the test ends, passed or failed.
 struct Running(Child);
 impl Drop for Running {
@@ -123,7 +117,7 @@ async fn init_token_run_and_join_through_the_binary() {
         format!("tags = [\"router\"]\nmemory = \"1G\"\nrouter_listen = \"{router}\"\n"),
     )
     .expect("toml");
-    let _nginx = NginxGuard(quarry_node::router::Nginx::new(&h1.dir.join("data/router")));
+    let _nginx = StopOnDrop(Nginx::new(&h1.dir.join("data/router")));
 
     let init = h1.run(&["init"]);
     assert!(init.status.success(), "{}", show(&init));

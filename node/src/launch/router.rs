@@ -89,12 +89,13 @@ mod tests {
     use super::*;
     use crate::launch::routing::{RoutedNode, Upstream};
 
-    use crate::router::testing::{backend, get, Guard};
+    use crate::router::testing::{backend, get};
+    use crate::router::StopOnDrop;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_router_serves_the_leaders_table_refuses_an_older_term_and_keeps_its_config() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let _guard = Guard(Nginx::new(&dir.path().join("router")));
+        let _guard = StopOnDrop(Nginx::new(&dir.path().join("router")));
         let listen: SocketAddr = {
             let l = TcpListener::bind("127.0.0.1:0").expect("bind");
             l.local_addr().expect("addr")

@@ -18,5 +18,5 @@ pub mod render;
 #[cfg(test)]
 pub(crate) mod testing;
 
-pub use process::{Applied, Nginx, RouterError};
+pub use process::{Applied, Nginx, RouterError, StopOnDrop};
 pub use render::{render, RenderError, RouterSpec, Site};

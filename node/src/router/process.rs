@@ -304,6 +304,17 @@ fn workers(master: u32) -> Vec<(u32, bool)> {
         .collect()
 }
 
+/// Stops an nginx and removes its prefix when dropped, also while unwinding from a panic: for
+/// a caller that must leave no nginx behind whatever happens (the tests).
+#[derive(Debug)]
+pub struct StopOnDrop(pub Nginx);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.stop_and_remove();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -315,7 +326,7 @@ mod tests {
         l.local_addr().expect("addr").port()
     }
 
-    use crate::router::testing::{backend, get, Guard};
+    use crate::router::testing::{backend, get};
 
     #[test]
     fn nginx_in_own_prefix_starts_reloads_in_place_and_stops_clean() {
@@ -324,7 +335,7 @@ mod tests {
         }
         let dir = tempfile::tempdir().expect("tempdir");
         let prefix = dir.path().join("router");
-        let nginx = Guard(Nginx::new(&prefix));
+        let nginx = StopOnDrop(Nginx::new(&prefix));
         let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let backend_addr = backend();
         let mut spec = RouterSpec {

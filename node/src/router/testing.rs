@@ -1,9 +1,7 @@
-//! What the router tests share: a GET through nginx, a backend, and a guard that stops nginx.
+//! What the router tests share: a GET through nginx and a backend.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-
-use super::Nginx;
 
 /// `GET /` with `Host: host` through nginx at `addr`: the whole answer.
 pub(crate) fn get(addr: SocketAddr, host: &str) -> String {
@@ -12,15 +10,6 @@ pub(crate) fn get(addr: SocketAddr, host: &str) -> String {
     let mut out = String::new();
     s.read_to_string(&mut out).expect("read");
     out
-}
-
-/// Stops nginx even when the test fails.
-pub(crate) struct Guard(pub(crate) Nginx);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.stop_and_remove();
-    }
 }
 
 /// A backend on loopback answering every request `200 from-backend`; its address.
