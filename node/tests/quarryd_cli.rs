@@ -80,7 +80,6 @@ fn show(o: &Output) -> String {
     )
 }
 
-/// Stops a router's nginx (its own daemon, which outlives quarryd) when the test ends.
 /// Kills the `quarryd run` child when the test ends, passed or failed.
 struct Running(Child);
 impl Drop for Running {
