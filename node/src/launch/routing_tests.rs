@@ -94,25 +94,23 @@ fn a_rollout_waits_retires_once_ready_and_switched_and_rolls_back_on_failure_or_
         matches!(verdict(rec, &ready, false, ROLLOUT_LIMIT), Verdict::RollBack(r) if r.contains("routers did not switch")),
         "a router that never switches does not hold the deploy forever"
     );
-    let starting = |d: &DesiredContainer| {
-        if d.node == "web" {
-            Health::Waiting("starting".into())
-        } else {
-            Health::Ready
+    // Every web replica in `health`, the rest ready.
+    let web_in = |health: Health| {
+        move |d: &DesiredContainer| {
+            if d.node == "web" {
+                health.clone()
+            } else {
+                Health::Ready
+            }
         }
     };
+    let starting = web_in(Health::Waiting("starting".into()));
     assert!(matches!(verdict(rec, &starting, true, t), Verdict::Wait(w) if w.len() == 2));
     assert!(
         matches!(verdict(rec, &starting, true, ROLLOUT_LIMIT), Verdict::RollBack(r) if r.contains("not ready after 30s")),
         "out of time"
     );
-    let failed = |d: &DesiredContainer| {
-        if d.node == "web" {
-            Health::Failed("unhealthy: 404".into())
-        } else {
-            Health::Ready
-        }
-    };
+    let failed = web_in(Health::Failed("unhealthy: 404".into()));
     assert!(
         matches!(verdict(rec, &failed, true, t), Verdict::RollBack(r) if r.contains("unhealthy: 404"))
     );
