@@ -60,6 +60,16 @@
 //! [`StorageOptions::unsafe_hard_state_first`] is broken on purpose (hard state in its own
 //! write before the entries); it exists so the crash tests can show they catch it.
 //!
+//! # Several engines in one process
+//!
+//! raft-engine caches the last block of entries it decoded in a *thread-local*, keyed by file
+//! number, offset and length only, so two engines in one process (the tests' in-process
+//! clusters, the benchmark) can be served each other's block when their files line up:
+//! raft-engine then panics on the wrong index, or hands over entries of another term with no
+//! complaint (`tests/storage.rs` shows it). A read whose entries are not this log's (their
+//! indexes, and the terms cached here) is therefore done again on a fresh thread, whose cache
+//! is empty. quarryd runs one engine per process, where this never happens.
+//!
 //! Left out: snapshot data larger than memory (the snapshot is one value; the TCP transport
 //! streams it in chunks). The log engine caches the entries' locations and terms are cached
 //! here; an entry read goes to the engine's file (the page cache, in practice).
@@ -71,7 +81,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
-use raft::{GetEntriesContext, RaftState, Storage};
 use raft_engine::{Command, Engine, LogBatch};
 use redb::{Database, ReadableDatabase};
 
@@ -79,6 +88,7 @@ use crate::codec::{self, CodecError};
 
 mod disk;
 mod fault;
+mod read;
 
 use disk::{log_config, Disk, EntryExt, SNAPSHOTS, SNAPSHOT_FILE};
 pub use fault::{CrashHook, CrashStage, StorageOptions, WriteKind, WritePoint};
@@ -778,85 +788,5 @@ impl DiskStorage {
         self.disk.drop_snapshots_but(index)?;
         self.disk.log.purge_expired_files()?;
         self.crash(point, CrashStage::AfterCommit)
-    }
-
-    fn read_entries(
-        &self,
-        low: u64,
-        high: u64,
-        max: Option<u64>,
-    ) -> Result<Vec<Entry>, StoreError> {
-        let mut out = Vec::with_capacity((high - low).min(1024) as usize);
-        let max = max.map(|m| usize::try_from(m).unwrap_or(usize::MAX));
-        self.disk
-            .log
-            .fetch_entries_to::<EntryExt>(self.group, low, high, max, &mut out)?;
-        Ok(out)
-    }
-}
-
-impl Storage for DiskStorage {
-    fn initial_state(&self) -> raft::Result<RaftState> {
-        Ok(RaftState::new(self.hs.clone(), self.conf_state().1.clone()))
-    }
-
-    fn entries(
-        &self,
-        low: u64,
-        high: u64,
-        max_size: impl Into<Option<u64>>,
-        _context: GetEntriesContext,
-    ) -> raft::Result<Vec<Entry>> {
-        if low < self.first() {
-            return Err(raft::Error::Store(raft::StorageError::Compacted));
-        }
-        if high > self.last() + 1 {
-            return Err(raft::Error::Store(raft::StorageError::Unavailable));
-        }
-        let out = self
-            .read_entries(low, high, max_size.into())
-            .map_err(other)?;
-        if out.is_empty() && high > low {
-            return Err(raft::Error::Store(raft::StorageError::Unavailable));
-        }
-        Ok(out)
-    }
-
-    fn term(&self, idx: u64) -> raft::Result<u64> {
-        if idx == self.snap_meta.index {
-            return Ok(self.snap_meta.term);
-        }
-        if idx < self.first() {
-            return Err(raft::Error::Store(raft::StorageError::Compacted));
-        }
-        if idx > self.last() {
-            return Err(raft::Error::Store(raft::StorageError::Unavailable));
-        }
-        Ok(self.terms[(idx - self.first()) as usize])
-    }
-
-    fn first_index(&self) -> raft::Result<u64> {
-        Ok(self.first())
-    }
-
-    fn last_index(&self) -> raft::Result<u64> {
-        Ok(self.last())
-    }
-
-    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
-        let cs = self.snap_meta.get_conf_state();
-        let names_to = cs
-            .voters
-            .iter()
-            .chain(&cs.learners)
-            .chain(&cs.voters_outgoing)
-            .any(|&id| id == to);
-        if self.snap_meta.index < request_index || !names_to {
-            self.snapshot_wanted.store(true, Ordering::Relaxed);
-            return Err(raft::Error::Store(
-                raft::StorageError::SnapshotTemporarilyUnavailable,
-            ));
-        }
-        self.load_snapshot().map_err(other)
     }
 }

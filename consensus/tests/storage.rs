@@ -310,3 +310,25 @@ fn the_log_survives_the_engines_purges() {
         "the log engine purged nothing: {files} bytes of files"
     );
 }
+
+/// raft-engine caches the last block of entries it decoded per thread, keyed by file number,
+/// offset and length only. Two storages in one process whose logs line up (same shapes,
+/// different terms) are read one after the other on this thread: the second must get its own
+/// entries, not the first one's (which raft-engine alone hands over).
+#[test]
+fn a_read_never_returns_another_storages_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = DiskStorage::open(&dir.path().join("a"), &[1], StorageOptions::default()).unwrap();
+    let mut b = DiskStorage::open(&dir.path().join("b"), &[1], StorageOptions::default()).unwrap();
+    let batch_a: Vec<Entry> = (1..=3).map(|i| entry(i, 1)).collect();
+    let batch_b: Vec<Entry> = (1..=3).map(|i| entry(i, 2)).collect();
+    a.persist_ready(None, &batch_a, Some(&hs(1, 3))).unwrap();
+    b.persist_ready(None, &batch_b, Some(&hs(2, 3))).unwrap();
+    assert_eq!(ents(&a, 1, 4), batch_a);
+    assert_eq!(
+        ents(&b, 1, 4),
+        batch_b,
+        "storage b served storage a's entries"
+    );
+    assert_eq!(ents(&a, 2, 4), batch_a[1..], "and back to a");
+}
