@@ -10,6 +10,11 @@
 //!   `quarry_consensus::storage`). `redb_commit_ms` is the p50 of a redb transaction of one
 //!   300-byte value, for comparison: the log lived in redb before (several pages, then one
 //!   `fdatasync`, about twice `log_commit_ms`).
+//!   `log_commit_2of3_ms` is the p50 until two of three such writes started together are
+//!   done (the three nodes share this disk). `io_commit_ms` is the p50 of a commit's I/O
+//!   alone: three threads, blocking loopback TCP and those writes, no consensus and no
+//!   runtime; it is the floor any 3-node commit on this machine stands on, and `p50_ms_1`
+//!   minus it is what quarry adds.
 //!   `entries_per_fsync_64` is the leader's log entries per fsynced write at 64 proposers.
 //! - quarry: 3 nodes over TCP on loopback (the crate's TCP transport), each with its
 //!   storage (raft-engine log, redb snapshots) in the data directory (real fsync), 256-byte
@@ -219,6 +224,87 @@ fn log_commit_2of3_ms(dir: &Path, rounds: usize) -> f64 {
             ms(ends[1] - start)
         })
         .collect();
+    t.sort_by(f64::total_cmp);
+    percentile(&t, 0.5)
+}
+
+/// p50 of a commit's I/O alone, with no consensus and no runtime: three threads on loopback
+/// TCP, each with its raft-engine in the data directory. The "leader" sends a 300-byte
+/// append to both "followers" (blocking sockets, no delay), then writes its own batch
+/// ([`probe_batch`], synced); each follower reads the append, writes its batch, synced, and
+/// answers 16 bytes. The time is until the leader's write is done and the first answer is
+/// read: two durable copies of three, and the two trips. What quarry adds on top of this
+/// (raft-rs, encoding, its runtime's task and thread hand-offs) is `p50_ms_1` minus this.
+fn io_commit_ms(dir: &Path, rounds: usize) -> f64 {
+    use std::io::Read;
+    use std::net::{TcpListener, TcpStream};
+    let mut to_followers = Vec::new();
+    let mut followers = Vec::new();
+    for k in 0..2 {
+        let l = TcpListener::bind("127.0.0.1:0").expect("probe listener");
+        let addr = l.local_addr().expect("probe address");
+        let path = dir.join(format!("io-probe-{k}"));
+        followers.push(std::thread::spawn(move || {
+            let engine = probe_engine(&path);
+            let (mut s, _) = l.accept().expect("probe accept");
+            s.set_nodelay(true).expect("nodelay");
+            let mut append = [0u8; 300];
+            let mut i = 0;
+            while s.read_exact(&mut append).is_ok() {
+                i += 1;
+                engine.write(&mut probe_batch(i), true).unwrap();
+                if s.write_all(&append[..16]).is_err() {
+                    break;
+                }
+            }
+            drop(engine);
+            let _ = std::fs::remove_dir_all(path);
+        }));
+        let s = TcpStream::connect(addr).expect("probe connect");
+        s.set_nodelay(true).expect("nodelay");
+        to_followers.push(s);
+    }
+    // Each follower's answers are read on their own thread, so the first one counts.
+    let (acks, first) = std::sync::mpsc::channel::<Instant>();
+    let readers: Vec<_> = to_followers
+        .iter()
+        .map(|s| {
+            let mut s = s.try_clone().expect("probe socket");
+            let acks = acks.clone();
+            std::thread::spawn(move || {
+                let mut ack = [0u8; 16];
+                while s.read_exact(&mut ack).is_ok() {
+                    if acks.send(Instant::now()).is_err() {
+                        break;
+                    }
+                }
+            })
+        })
+        .collect();
+    drop(acks);
+    let path = dir.join("io-probe-leader");
+    let engine = probe_engine(&path);
+    let append = [7u8; 300];
+    let mut t = Vec::with_capacity(rounds);
+    for i in 1..=rounds as u64 {
+        let t0 = Instant::now();
+        for s in &mut to_followers {
+            s.write_all(&append).expect("probe append");
+        }
+        engine.write(&mut probe_batch(i), true).unwrap();
+        let one = first.recv().expect("a follower's answer");
+        t.push(ms(Instant::now().max(one) - t0));
+        first.recv().expect("the other follower's answer");
+    }
+    // The readers hold clones of these sockets: shut them down, not just drop them.
+    for s in &to_followers {
+        let _ = s.shutdown(std::net::Shutdown::Both);
+    }
+    for th in followers.into_iter().chain(readers) {
+        th.join().expect("probe thread");
+    }
+    drop(engine);
+    let _ = std::fs::remove_dir_all(path);
     t.sort_by(f64::total_cmp);
     percentile(&t, 0.5)
 }
@@ -572,6 +658,10 @@ fn main() {
     eprintln!(
         "two of three such writes at once (the disk's share of a commit) p50: {floor_ms:.2} ms"
     );
+    let io_ms = io_commit_ms(dir.path(), plan.fsync_samples);
+    eprintln!(
+        "a commit's I/O alone (loopback TCP and those writes, no consensus) p50: {io_ms:.2} ms"
+    );
     let mut q = rt.block_on(bench_quarry(dir.path(), &plan));
     fs.extend(fsync_samples(dir.path(), plan.fsync_samples / 3));
     let (mut e1, e64) = rt.block_on(bench_etcd(dir.path(), &plan));
@@ -587,10 +677,11 @@ fn main() {
     let (qp50, qp99) = (q.one.p(0.5), q.one.p(0.99));
     let (ep50, ep99) = (e1.p(0.5), e1.p(0.99));
     eprintln!(
-        "quarry 1 proposer: p50 {qp50:.2} ms, p99 {qp99:.2} ms, {:.0} ops/s ({:.2} x fsync, {:.2} x two of three writes)",
+        "quarry 1 proposer: p50 {qp50:.2} ms, p99 {qp99:.2} ms, {:.0} ops/s ({:.2} x fsync, {:.2} x two of three writes, {:.2} x the I/O alone)",
         q.one.ops_per_s(),
         qp50 / fsync,
-        qp50 / floor_ms
+        qp50 / floor_ms,
+        qp50 / io_ms
     );
     eprintln!(
         "quarry 64 proposers: {:.0} ops/s, {:.1} entries per fsync on the leader",
@@ -608,7 +699,7 @@ fn main() {
         q.many.ops_per_s() / e64.ops_per_s()
     );
     println!(
-        "{{\"fsync_ms\":{},\"p50_ms_1\":{},\"p99_ms_1\":{},\"ops_per_s_1\":{},\"ops_per_s_64\":{},\"entries_per_fsync_64\":{},\"redb_commit_ms\":{},\"log_commit_ms\":{},\"log_commit_2of3_ms\":{},\"etcd_p50_ms_1\":{},\"etcd_p99_ms_1\":{},\"etcd_ops_per_s_1\":{},\"etcd_ops_per_s_64\":{},\"quick\":{}}}",
+        "{{\"fsync_ms\":{},\"p50_ms_1\":{},\"p99_ms_1\":{},\"ops_per_s_1\":{},\"ops_per_s_64\":{},\"entries_per_fsync_64\":{},\"redb_commit_ms\":{},\"log_commit_ms\":{},\"log_commit_2of3_ms\":{},\"io_commit_ms\":{},\"etcd_p50_ms_1\":{},\"etcd_p99_ms_1\":{},\"etcd_ops_per_s_1\":{},\"etcd_ops_per_s_64\":{},\"quick\":{}}}",
         round2(fsync),
         round2(qp50),
         round2(qp99),
@@ -618,6 +709,7 @@ fn main() {
         round2(redb_ms),
         round2(log_ms),
         round2(floor_ms),
+        round2(io_ms),
         round2(ep50),
         round2(ep99),
         e1.ops_per_s().round(),

@@ -47,6 +47,13 @@
 //! median of 3 runs, load 4–9): p50 0.37 ms at `fsync_ms` 0.10 (3.7×; with the log in redb
 //! it was 0.78 ms, 7.8×), ops/s 2.6× etcd's at 1 proposer and 5.5× at 64.
 //!
+//! The floor under that: `io_commit_ms`, the same run's p50 of a commit's I/O alone (three
+//! threads, blocking loopback TCP, the same raft-engine writes; no consensus, no runtime),
+//! is 2.5–2.9 × `fsync_ms` on this machine, and the p50 above is 1.3–1.5 × it. The thread
+//! hand-offs cost more than their count suggests here: on this 2-vCPU VM a wake-up that lands
+//! on the other, halted vCPU takes 20–60 µs, one on the waker's vCPU (a socket's wake-up
+//! usually is) 3–10 µs.
+//!
 //! # Membership
 //!
 //! [`Handle::change_membership`] proposes one `ConfChangeV2` (simple for one change, joint
@@ -124,8 +131,10 @@
 //!   minute): writing a message to the socket from the sending thread when its peer's writer
 //!   is idle (the acknowledgement then leaves from the thread whose fsync returned); the
 //!   write with `block_in_place` or inline instead of on the blocking pool; one thread and
-//!   current-thread runtime per node; `skip_bcast_commit`; buffered reads; more or fewer
-//!   runtime workers. What bounds a commit there is the disk: two of three synced writes
+//!   current-thread runtime per node (slower in a later check: 0.45–0.51 ms against
+//!   0.38–0.40); `skip_bcast_commit`; buffered reads; more or fewer runtime workers; the
+//!   write inline with 4 workers (3–8 % in paired runs, though it cut context switches per
+//!   commit from 17 to 7). What bounds a commit there is the disk: two of three synced writes
 //!   started together take about 1.5 × one (`log_commit_2of3_ms`), and the leader's and a
 //!   follower's writes are staggered by the append's trip.
 
