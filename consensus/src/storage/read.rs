@@ -24,13 +24,13 @@ impl DiskStorage {
             Ok(out)
         };
         // raft-engine's thread-local block cache can serve another engine's block on this
-        // thread (see the module docs): it then panics on the wrong index, or hands over
-        // entries of another term. Either way the read is done again on a fresh thread,
-        // whose cache is empty.
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(fetch)) {
-            Ok(Ok(out)) if self.holds(low, &out) => return Ok(out),
-            Ok(Err(e)) => return Err(e),
-            _ => {}
+        // thread (see the module docs): it then panics on the wrong index, fails to decode,
+        // or hands over entries of another term. Whatever went wrong, the read is done again
+        // on a fresh thread, whose cache is empty, and that answer stands.
+        if let Ok(Ok(out)) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(fetch)) {
+            if self.holds(low, &out) {
+                return Ok(out);
+            }
         }
         let out = std::thread::scope(|s| s.spawn(fetch).join()).map_err(|_| {
             self.corrupt(format!(
