@@ -330,5 +330,9 @@ fn a_read_never_returns_another_storages_entries() {
         batch_b,
         "storage b served storage a's entries"
     );
-    assert_eq!(ents(&a, 2, 4), batch_a[1..], "and back to a");
+    assert_eq!(
+        ents(&a, 2, 4),
+        batch_a[1..],
+        "a range inside a's block, from this thread's cache"
+    );
 }
