@@ -111,6 +111,22 @@ fn a_web_node_needs_ports() {
 }
 
 #[test]
+fn a_domain_listed_twice_in_another_case_is_refused_at_the_second() {
+    assert_errors(
+        "domain_twice",
+        &[
+            (7, 15, "domain \"Shop.test\" is routed as \"shop.test\""),
+            (12, 32, "domain \"shop.TEST\" is routed as \"shop.test\""),
+            (
+                12,
+                32,
+                "domain \"shop.test\" is listed twice: node \"web\" has it at line 7, column 15",
+            ),
+        ],
+    );
+}
+
+#[test]
 fn scale_zero_is_refused() {
     assert_errors("scale_zero", &[(8, 12, "scale must be at least 1")]);
 }

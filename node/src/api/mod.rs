@@ -45,7 +45,7 @@ use serde::{Deserialize, Serialize};
 use crate::cluster::VoterReplacement;
 use crate::gossip::member::LiveState;
 use crate::grid::GridState;
-use crate::launch::{Accepted, DeployView, PlanInputs, PsView, RoutesView, StackEntry};
+use crate::launch::{Accepted, DeployView, PlanInputs, PsView, RoutesReport, StackEntry};
 use crate::rpc::join::Member;
 use crate::rpc::server::BoxFuture;
 
@@ -318,7 +318,7 @@ pub trait ClusterView: Send + Sync + 'static {
         no_stacks()
     }
     /// What the routers serve.
-    fn routes(&self) -> BoxFuture<'_, Result<RoutesView, ApiFailure>> {
+    fn routes(&self) -> BoxFuture<'_, Result<RoutesReport, ApiFailure>> {
         no_stacks()
     }
     /// Hand Raft leadership to a voter.

@@ -566,12 +566,23 @@ impl Walker<'_> {
         }
         if let Some(d) = &domains {
             for (i, dom) in d.iter().enumerate() {
+                let at = self
+                    .pos
+                    .value(&with(&with(path, key("domains")), Seg::Index(i)));
                 if !valid_domain(dom) {
                     self.error(
-                        self.pos
-                            .value(&with(&with(path, key("domains")), Seg::Index(i))),
+                        at,
                         format!("{dom:?} is not a domain name"),
                         Some("for example `app.example.com`".to_owned()),
+                    );
+                } else if dom.bytes().any(|b| b.is_ascii_uppercase()) {
+                    self.warn(
+                        at,
+                        format!(
+                            "domain {dom:?} is routed as {:?}: domain names are case-insensitive",
+                            dom.to_ascii_lowercase()
+                        ),
+                        Some("write it in lower case".to_owned()),
                     );
                 }
             }
@@ -624,7 +635,13 @@ impl Walker<'_> {
             ports,
             memory,
             scale,
-            domains: domains.unwrap_or_default(),
+            // Lower case: DNS names are case-insensitive, and one spelling of each lets
+            // every later comparison (the cluster's routes, the router) be a plain one.
+            domains: domains
+                .unwrap_or_default()
+                .iter()
+                .map(|d| d.to_ascii_lowercase())
+                .collect(),
             health,
             tags,
         })
