@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
-use quarry_node::docker::{self, Engine, ObservedContainer};
+use quarry_node::docker::{self, Engine, ObservedContainer, Origin};
 use quarry_node::health;
 use quarry_node::reconcile;
 use quarry_node::reconcile::converge::target_of_observed;
@@ -99,7 +99,7 @@ pub fn load_for(
 pub async fn current_state_or_nothing(stack: &str) -> anyhow::Result<StackState> {
     match Engine::connect().await {
         Ok(engine) => {
-            let observed = docker::observe(&engine, stack).await?;
+            let observed = docker::observe(&engine, stack, &Origin::Local).await?;
             Ok(reconcile::current_state(
                 stack,
                 &ServerId::local(),

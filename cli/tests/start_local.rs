@@ -623,3 +623,199 @@ fn docker_unreachable_is_a_one_line_error() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).is_empty());
 }
+
+/// A one-server cluster on loopback (in-process, the same `daemon::run` as `quarryd run`),
+/// its reconciler on this machine's Docker; the runtime keeps serving it while the test
+/// blocks on commands.
+struct Server {
+    running: Option<quarry_node::daemon::Running>,
+    rt: tokio::runtime::Runtime,
+    env: Vec<(String, String)>,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    fn start() -> Server {
+        use quarry_node::daemon::{self, Secrets};
+        let dir = tempfile::tempdir().expect("tmp");
+        let mut c = quarry_node::config::Config::default();
+        c.name = Some("h1".to_owned());
+        c.address = "127.0.0.1".parse().expect("ip");
+        c.api_listen = c.address;
+        c.api_port = 0;
+        c.rpc_port = 0;
+        c.gossip_port = 0;
+        c.memory = Some("2G".to_owned());
+        // Host ports apart from `quarry start`'s 20000-29999: the cluster does not see the
+        // ports the other tests' local stacks take meanwhile (nor they its).
+        c.host_ports = (31000, 31999);
+        c.paths.data = dir.path().join("data");
+        c.paths.secrets = dir.path().join("secrets");
+        c.paths.api_socket = dir.path().join("api.sock");
+        c.paths.hosts_file = dir.path().join("hosts");
+        daemon::init(&c).expect("init");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let running = rt.block_on(daemon::run(&c)).expect("run");
+        let env = vec![
+            (
+                "QUARRY_ADDR".to_owned(),
+                format!("http://{}", running.api.tcp_addr()),
+            ),
+            (
+                "QUARRY_TOKEN".to_owned(),
+                Secrets::of(&c).admin_token().expect("token"),
+            ),
+        ];
+        Server {
+            running: Some(running),
+            rt,
+            env,
+            _dir: dir,
+        }
+    }
+
+    fn quarry(&self, args: &[&str]) -> Output {
+        let out = Command::new(env!("CARGO_BIN_EXE_quarry"))
+            .args(args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .env("HOME", "/nonexistent-home")
+            .output()
+            .expect("run quarry");
+        assert!(
+            out.status.success(),
+            "quarry {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(r) = self.running.take() {
+            self.rt.block_on(r.stop());
+        }
+    }
+}
+
+/// The stack's containers `origin` made, running or not: (id, running), sorted.
+fn made_by(stack: &str, origin: &str) -> Vec<(String, bool)> {
+    let out = docker(&[
+        "ps",
+        "-a",
+        "--filter",
+        &format!("label=quarry.stack={stack}"),
+        "--filter",
+        &format!("label=quarry.origin={origin}"),
+        "--format",
+        "{{.ID}} {{.State}}",
+    ]);
+    let mut v: Vec<(String, bool)> = out
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(id, state)| (id.to_owned(), state == "running"))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_local_and_a_cluster_stack_of_one_name_share_an_engine_and_each_stops_only_its_own() {
+    let s = Stack::new("origin");
+    let server = Server::start();
+    let cluster_id = {
+        let v: Value = serde_json::from_slice(&server.quarry(&["status", "--json"]).stdout)
+            .expect("status --json");
+        v["gossip"]["cluster_id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no cluster_id in {v}"))
+            .to_owned()
+    };
+    let cleanup = |origin: &str| {
+        let ids: Vec<String> = made_by(&s.name, origin).into_iter().map(|c| c.0).collect();
+        if !ids.is_empty() {
+            let mut args = vec!["rm", "-f"];
+            args.extend(ids.iter().map(String::as_str));
+            docker(&args);
+        }
+        docker(&["network", "rm", &format!("quarry.{}", s.name)]);
+    };
+    struct Finally<F: Fn()>(F);
+    impl<F: Fn()> Drop for Finally<F> {
+        fn drop(&mut self) {
+            (self.0)()
+        }
+    }
+    let _cleanup = Finally(|| cleanup(&cluster_id));
+
+    // The cluster runs the stack; then `quarry start` runs one of the same name here.
+    let dir = s.dir.to_str().expect("utf-8 path");
+    server.quarry(&["deploy", dir]);
+    let cluster = poll(
+        "the cluster's 4 containers running",
+        Duration::from_secs(60),
+        || {
+            let c = made_by(&s.name, &cluster_id);
+            if c.len() == 4 && c.iter().all(|(_, up)| *up) {
+                Ok(c)
+            } else {
+                Err(format!("{c:?}"))
+            }
+        },
+    );
+    s.start_ok();
+    let local = made_by(&s.name, "local");
+    assert_eq!(local.len(), 4, "{local:?}");
+    assert!(local.iter().all(|(_, up)| *up), "{local:?}");
+    assert_eq!(
+        made_by(&s.name, &cluster_id),
+        cluster,
+        "start left the cluster's alone"
+    );
+
+    // `quarry stop` removes the local stack only.
+    let out = s.quarry(&["stop", "-s", &s.name]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(made_by(&s.name, "local").is_empty());
+    assert_eq!(
+        made_by(&s.name, &cluster_id),
+        cluster,
+        "the cluster's containers run on, untouched"
+    );
+
+    // And the cluster's reconciler, told to stop its stack, leaves the local one running.
+    let local = {
+        s.start_ok();
+        made_by(&s.name, "local")
+    };
+    assert_eq!(local.len(), 4, "{local:?}");
+    server.quarry(&["disable", "-s", &s.name]);
+    poll(
+        "the cluster's containers gone",
+        Duration::from_secs(60),
+        || {
+            let c = made_by(&s.name, &cluster_id);
+            if c.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{c:?}"))
+            }
+        },
+    );
+    assert_eq!(
+        made_by(&s.name, "local"),
+        local,
+        "the local containers run on, untouched"
+    );
+    let (status, body) = s.get().expect("the local router answers");
+    assert_eq!(status, 200, "{body}");
+}

@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 
-use quarry_node::docker::{self, Engine};
+use quarry_node::docker::{self, Engine, Origin};
 use quarry_node::launch::PsView;
 use quarry_node::reconcile;
 use quarry_node::types::{ServerId, StackState};
@@ -128,7 +128,7 @@ async fn cluster(target: &Target, args: &Args) -> anyhow::Result<()> {
 async fn local_ps(args: local::StackArgs) -> anyhow::Result<()> {
     let name = local::stack_name(args.stack.as_deref(), &args.dir)?;
     let engine = Engine::connect().await?;
-    let observed = docker::observe(&engine, &name).await?;
+    let observed = docker::observe(&engine, &name, &Origin::Local).await?;
     let rows = local::ps_rows(&observed).await;
     let router = local::router(&name).pid().map(|pid| Router {
         listen: local::saved_listen(&name),

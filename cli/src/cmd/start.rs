@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 use quarry_node::build::{self, Inputs};
-use quarry_node::docker::{self, image, network, Engine};
+use quarry_node::docker::{self, image, network, Engine, Origin};
 use quarry_node::reconcile::{self, Converger, NodeMeta};
 use quarry_node::router::{render, Applied, RouterSpec, Site};
 use quarry_node::spec::LoadError;
@@ -97,7 +97,7 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
 
     // 2. Docker, and what runs now.
     let engine = Engine::connect().await?;
-    let observed = docker::observe(&engine, &name).await?;
+    let observed = docker::observe(&engine, &name, &Origin::Local).await?;
     let current = reconcile::current_state(&name, &ServerId::local(), &observed);
 
     // 3. The plan: exactly what `quarry plan` shows.
@@ -159,7 +159,7 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
     }
 
     // 7. Converge: network, services, then web and workers; healthy before anything old stops.
-    let net = network::ensure_network(&engine, &name).await?;
+    let net = network::ensure_network(&engine, &name, &Origin::Local).await?;
     let domains: BTreeMap<String, Vec<String>> =
         plan.routes.iter().fold(BTreeMap::new(), |mut m, r| {
             m.entry(r.node.clone())
@@ -223,7 +223,7 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
     converger.retire(&diff).await?;
 
     // 9. Report.
-    let observed = docker::observe(&engine, &name).await?;
+    let observed = docker::observe(&engine, &name, &Origin::Local).await?;
     let rows = local::ps_rows(&observed).await;
     let urls: Vec<UrlReport> = sites
         .iter()

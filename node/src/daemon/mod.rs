@@ -400,10 +400,13 @@ pub async fn run(cfg: &Config) -> Result<Running, DaemonError> {
         inbox_tx,
     ))];
     let authority: Arc<dyn JoinAuthority> = cluster.clone();
+    let cluster_id =
+        gossip::cluster_id(&ClusterCa::from_pem(&s.read("ca.pem")?, &s.read("ca.key")?)?.digest());
     let launch = Launch::new(
         cluster.clone(),
         &cfg.paths.data,
         Some(cfg.paths.docker_socket.clone()),
+        cluster_id,
     )
     .map_err(|e| DaemonError::Invalid(format!("the source store: {e}")))?;
     let handlers = Handlers {

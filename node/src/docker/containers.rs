@@ -14,6 +14,7 @@ use bollard::query_parameters::{
 };
 use futures_util::StreamExt;
 
+use super::origin::{Origin, ORIGIN};
 use super::{is_not_found, DockerError, Engine};
 pub use crate::reconcile::diff::{NodeMeta, ObservedContainer, RunState};
 use crate::types::{labels, DesiredContainer, Kind, SliceId};
@@ -62,39 +63,55 @@ async fn list_all(
         .map_err(|e| DockerError::api("listing containers", e))
 }
 
-/// The ids of every container labelled with the stack, whatever their other labels.
-pub async fn stack_container_ids(engine: &Engine, stack: &str) -> Result<Vec<String>, DockerError> {
+/// The ids of every container labelled with the stack that `origin` made ([`Origin::owns`]),
+/// whatever their other labels.
+pub async fn stack_container_ids(
+    engine: &Engine,
+    stack: &str,
+    origin: &Origin,
+) -> Result<Vec<String>, DockerError> {
     let list = list_all(engine, Some(label_filter(stack))).await?;
-    Ok(list.into_iter().filter_map(|c| c.id).collect())
+    Ok(list
+        .into_iter()
+        .filter(|c| origin.owns(c.labels.as_ref().unwrap_or(&HashMap::new())))
+        .filter_map(|c| c.id)
+        .collect())
 }
 
-/// Every container of every stack on the engine whose labels quarry can read, by stack (each
-/// list sorted as [`observe`] sorts it).
+/// Every container `origin` made of every stack on the engine whose labels quarry can read,
+/// by stack (each list sorted as [`observe`] sorts it).
 pub async fn observe_all(
     engine: &Engine,
+    origin: &Origin,
 ) -> Result<BTreeMap<String, Vec<ObservedContainer>>, DockerError> {
     let filters = HashMap::from([("label".to_owned(), vec![labels::STACK.to_owned()])]);
     let mut stacks: Vec<String> = list_all(engine, Some(filters))
         .await?
         .into_iter()
-        .filter_map(|c| c.labels?.get(labels::STACK).cloned())
+        .filter_map(|c| c.labels)
+        .filter(|l| origin.owns(l))
+        .filter_map(|l| l.get(labels::STACK).cloned())
         .collect();
     stacks.sort();
     stacks.dedup();
     let mut out = BTreeMap::new();
     for stack in stacks {
-        let observed = observe(engine, &stack).await?;
+        let observed = observe(engine, &stack, origin).await?;
         out.insert(stack, observed);
     }
     Ok(out)
 }
 
-/// Every container of the stack whose labels quarry can read, sorted by node, revision and
-/// replica. (Containers carrying the stack label but not the others are skipped here; `quarry
-/// stop` still removes them through [`stack_container_ids`].)
-pub async fn observe(engine: &Engine, stack: &str) -> Result<Vec<ObservedContainer>, DockerError> {
+/// Every container of the stack that `origin` made whose labels quarry can read, sorted by
+/// node, revision and replica. (Containers carrying the stack label but not the others are
+/// skipped here; `quarry stop` still removes them through [`stack_container_ids`].)
+pub async fn observe(
+    engine: &Engine,
+    stack: &str,
+    origin: &Origin,
+) -> Result<Vec<ObservedContainer>, DockerError> {
     let mut out = Vec::new();
-    for id in stack_container_ids(engine, stack).await? {
+    for id in stack_container_ids(engine, stack, origin).await? {
         let inspect = match engine.client().inspect_container(&id, None).await {
             Ok(i) => i,
             // Removed between the list and the inspect.
@@ -106,6 +123,9 @@ pub async fn observe(engine: &Engine, stack: &str) -> Result<Vec<ObservedContain
             .as_ref()
             .and_then(|c| c.labels.clone())
             .unwrap_or_default();
+        if !origin.owns(&labels) {
+            continue; // relabelled between the list and the inspect: not ours
+        }
         let state = inspect.state.unwrap_or_default();
         let running = state.running.unwrap_or(false) || state.restarting.unwrap_or(false);
         let status = state
@@ -223,17 +243,19 @@ fn parse_bindings(bindings: &HashMap<String, Option<Vec<PortBinding>>>) -> BTree
 
 /// Creates (does not start) the container of a placed desired container on `network`, its
 /// ports published on `publish_ip` (loopback for a local run, the server's cluster address in
-/// the cluster). `meta` (domains, definition fields) is recorded in labels so the current
-/// state can be read back. The container's hostname is `NODE-rREVISION-REPLICA`; its alias
-/// on the stack network is its placement's host unless that is an address.
+/// the cluster), named and labelled as `origin`'s. `meta` (domains, definition fields) is
+/// recorded in labels so the current state can be read back. The container's hostname is
+/// `NODE-rREVISION-REPLICA`; its alias on the stack network is its placement's host unless
+/// that is an address.
 pub async fn create(
     engine: &Engine,
     network: &str,
     desired: &DesiredContainer,
     meta: &NodeMeta,
     publish_ip: IpAddr,
+    origin: &Origin,
 ) -> Result<String, DockerError> {
-    let name = desired.container_name();
+    let name = origin.container_name(desired);
     let placement = desired.placement.as_ref();
     let hostname = format!("{}-r{}-{}", desired.node, desired.revision, desired.replica);
     let host = placement
@@ -246,6 +268,7 @@ pub async fn create(
     };
     let mut labels: HashMap<String, String> = desired.labels().into_iter().collect();
     labels.insert(extra_labels::HOST.to_owned(), host.clone());
+    labels.insert(ORIGIN.to_owned(), origin.label().to_owned());
     if let Some(health) = &desired.health {
         labels.insert(
             extra_labels::HEALTH.to_owned(),

@@ -12,10 +12,12 @@
 pub mod containers;
 pub mod image;
 pub mod network;
+pub mod origin;
 
 use bollard::Docker;
 
 pub use containers::{observe, ObservedContainer, RunState};
+pub use origin::Origin;
 
 /// What went wrong talking to Docker.
 #[derive(Debug, thiserror::Error)]

@@ -122,6 +122,8 @@ pub struct Launch {
     leader: leader::LeaderState,
     /// Open Control connections to other servers, by address.
     pool: Mutex<HashMap<SocketAddr, Vec<Requests>>>,
+    /// The cluster's id: the `quarry.origin` of the containers this server makes.
+    cluster_id: String,
 }
 
 impl std::fmt::Debug for Launch {
@@ -134,13 +136,14 @@ impl std::fmt::Debug for Launch {
 }
 
 impl Launch {
-    /// Stacks for `cluster`, with data under `data` (sources in `data/sources`, build
-    /// directories in `data/stacks/STACK/build/SOURCE`) and the engine at `docker_socket`
-    /// (`None`: `DOCKER_HOST` or Docker's default).
+    /// Stacks for `cluster` (of id `cluster_id`), with data under `data` (sources in
+    /// `data/sources`, build directories in `data/stacks/STACK/build/SOURCE`) and the engine
+    /// at `docker_socket` (`None`: `DOCKER_HOST` or Docker's default).
     pub fn new(
         cluster: Arc<Cluster>,
         data: &Path,
         docker_socket: Option<PathBuf>,
+        cluster_id: String,
     ) -> Result<Arc<Launch>, SourceError> {
         let sources = SourceStore::open(data)?;
         Ok(Arc::new_cyclic(|this| Launch {
@@ -154,7 +157,13 @@ impl Launch {
             router: OnceLock::new(),
             leader: leader::LeaderState::default(),
             pool: Mutex::new(HashMap::new()),
+            cluster_id,
         }))
+    }
+
+    /// Who this server's containers are made by.
+    fn origin(&self) -> crate::docker::Origin {
+        crate::docker::Origin::Cluster(self.cluster_id.clone())
     }
 
     /// This, shared (for tasks that outlive a call).

@@ -2,7 +2,8 @@
 //! their health probed from the host, and a report to the leader, every round.
 //!
 //! A round: ReadIndex (the view is fresh, or the round only probes and reports) -> the
-//! engine's quarry containers -> per known stack, [`reconcile::diff`] -> fetch missing images
+//! engine's quarry containers this cluster made ([`crate::docker::origin`]: never a `quarry
+//! start`'s, whatever their stack's name) -> per known stack, [`reconcile::diff`] -> fetch missing images
 //! in the background -> [`Converger::start_now`] -> stop what is not desired -> probe ->
 //! report. Rounds run every [`ROUND`], and at once when this server applies a new entry.
 
@@ -181,7 +182,8 @@ impl Launch {
         .ok()
         .and_then(Result::ok)
         .filter(|v| v.known);
-        let mut observed = match containers::observe_all(&engine).await {
+        let origin = self.origin();
+        let mut observed = match containers::observe_all(&engine, &origin).await {
             Ok(o) => o,
             Err(e) => {
                 self.engine_failed().await;
@@ -201,7 +203,7 @@ impl Launch {
                     .await;
             }
             if acted {
-                if let Ok(o) = containers::observe_all(&engine).await {
+                if let Ok(o) = containers::observe_all(&engine, &origin).await {
                     observed = o;
                 }
             }
@@ -283,7 +285,7 @@ impl Launch {
         if (!diff.create.is_empty() || !diff.replace.is_empty())
             && !memory.networks.contains(&stack.name)
         {
-            match network::ensure_network(engine, &stack.name).await {
+            match network::ensure_network(engine, &stack.name, &self.origin()).await {
                 Ok(_) => {
                     memory.networks.insert(stack.name.clone());
                 }
@@ -299,12 +301,13 @@ impl Launch {
         let log = move |line: &str| tracing::info!(stack = %name, "{line}");
         let converger = Converger::new(
             engine,
-            network::network_name(&stack.name),
+            self.origin().network_name(&stack.name),
             stack.meta.clone(),
             Duration::from_secs(60),
             &log,
         )
-        .publish_on(publish);
+        .publish_on(publish)
+        .made_by(self.origin());
         let started = converger.start_now(&diff).await;
         for (slice, why) in started.failed {
             tracing::warn!(stack = %stack.name, %slice, "{why}");

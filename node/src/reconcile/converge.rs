@@ -5,7 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use super::diff::{Diff, NodeMeta, ObservedContainer};
-use crate::docker::{self, containers, DockerError, Engine};
+use crate::docker::{self, containers, DockerError, Engine, Origin};
 use crate::health::{self, Target};
 use crate::types::{DesiredContainer, Kind, SliceId};
 
@@ -61,6 +61,8 @@ pub struct Converger<'a> {
     health_timeout: Duration,
     /// Where ports are published (and probed).
     publish_ip: IpAddr,
+    /// Who its containers are made by (their name and `quarry.origin` label).
+    origin: Origin,
     /// Where progress lines go.
     log: &'a (dyn Fn(&str) + Sync),
 }
@@ -134,8 +136,15 @@ impl<'a> Converger<'a> {
             meta,
             health_timeout,
             publish_ip: containers::PUBLISH_IP,
+            origin: Origin::Local,
             log,
         }
+    }
+
+    /// Make containers as `origin`'s (default: [`Origin::Local`], `quarry start`'s).
+    pub fn made_by(mut self, origin: Origin) -> Self {
+        self.origin = origin;
+        self
     }
 
     /// Publish ports on `ip` (and probe them there) instead of loopback: a server of the
@@ -168,10 +177,17 @@ impl<'a> Converger<'a> {
             create.into_iter().partition(|d| d.kind == Kind::Service);
         for group in [services, others] {
             let runs = group.into_iter().map(|d| async move {
-                (self.log)(&format!("creating {}", d.container_name()));
+                (self.log)(&format!("creating {}", self.origin.container_name(d)));
                 let meta = self.meta.get(&d.node).cloned().unwrap_or_default();
-                let made =
-                    containers::create(self.engine, &self.network, d, &meta, self.publish_ip).await;
+                let made = containers::create(
+                    self.engine,
+                    &self.network,
+                    d,
+                    &meta,
+                    self.publish_ip,
+                    &self.origin,
+                )
+                .await;
                 let started = match made {
                     Ok(id) => match containers::start(self.engine, &id).await {
                         Ok(()) => Ok(id),
@@ -249,11 +265,18 @@ impl<'a> Converger<'a> {
             let wanted = |k: Kind| (k == Kind::Service) == services;
             let mut targets = Vec::new();
             for d in create.iter().filter(|d| wanted(d.kind)) {
-                let name = d.container_name();
+                let name = self.origin.container_name(d);
                 (self.log)(&format!("creating {name}"));
                 let meta = self.meta.get(&d.node).cloned().unwrap_or_default();
-                let id = containers::create(self.engine, &self.network, d, &meta, self.publish_ip)
-                    .await?;
+                let id = containers::create(
+                    self.engine,
+                    &self.network,
+                    d,
+                    &meta,
+                    self.publish_ip,
+                    &self.origin,
+                )
+                .await?;
                 report.created.insert(d.slice.clone(), id.clone());
                 containers::start(self.engine, &id).await?;
                 targets.push(target_of_desired(d, self.publish_ip));
