@@ -21,6 +21,9 @@ pub const RPC_PORT: u16 = 7701;
 /// Gossip.
 pub const GOSSIP_PORT: u16 = 7702;
 
+/// The default `min_free_disk`.
+pub const DEFAULT_MIN_FREE_DISK: &str = "1G";
+
 /// A server's configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -53,6 +56,9 @@ pub struct Config {
     pub heal_grace: String,
     /// How long gossip remembers a dead server before forgetting it (`"60s"`).
     pub gossip_forget_after: String,
+    /// A deploy is refused while the data disk has less free space than this (`"1G"`):
+    /// sources, build trees and images never take the room Raft's log needs.
+    pub min_free_disk: String,
     /// Where paths live.
     pub paths: Paths,
 }
@@ -104,6 +110,7 @@ impl Default for Config {
             firewall: false,
             heal_grace: "120s".to_owned(),
             gossip_forget_after: "60s".to_owned(),
+            min_free_disk: DEFAULT_MIN_FREE_DISK.to_owned(),
             paths: Paths::default(),
         }
     }
@@ -187,7 +194,14 @@ impl Config {
         }
         self.heal_grace()?;
         self.gossip_forget_after()?;
+        self.min_free_disk()?;
         Ok(())
+    }
+
+    /// `min_free_disk` in bytes.
+    pub fn min_free_disk(&self) -> Result<u64, String> {
+        let m = &self.min_free_disk;
+        crate::spec::units::parse_size(m).map_err(|e| format!("min_free_disk = {m:?}: {e}"))
     }
 
     /// `heal_grace` as a duration.

@@ -407,6 +407,7 @@ pub async fn run(cfg: &Config) -> Result<Running, DaemonError> {
         &cfg.paths.data,
         Some(cfg.paths.docker_socket.clone()),
         cluster_id,
+        cfg.min_free_disk().map_err(DaemonError::Invalid)?,
     )
     .map_err(|e| DaemonError::Invalid(format!("the source store: {e}")))?;
     let handlers = Handlers {
@@ -474,6 +475,7 @@ pub async fn run(cfg: &Config) -> Result<Running, DaemonError> {
         tasks.push(tokio::spawn(run_router(launch.clone(), cfg.router_listen)));
     }
     tasks.push(tokio::spawn(launch.clone().serve()));
+    tasks.push(tokio::spawn(launch.clone().collect_disk()));
     tasks.push(tokio::spawn(launch.lead()));
     Ok(Running {
         cluster,

@@ -53,6 +53,7 @@ impl Launch {
                 ),
             ));
         }
+        self.check_disk().map_err(|e| fail(507, e))?;
         let store = self.sources.clone();
         let hash = tokio::task::spawn_blocking(move || {
             let hash = SourceHash::of(&tar);

@@ -158,6 +158,7 @@ impl Launch {
         holders: Vec<String>,
         default_name: String,
     ) -> Result<Accepted, String> {
+        self.check_disk()?;
         self.ensure_source(&source, &holders).await?;
         let unpacked = self.unpack_fresh(&source).await?;
         let servers = self

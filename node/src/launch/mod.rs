@@ -62,6 +62,7 @@ pub mod protocol;
 pub mod routing;
 
 mod api;
+mod disk;
 mod executor;
 mod leader;
 mod rollout;
@@ -124,6 +125,8 @@ pub struct Launch {
     pool: Mutex<HashMap<SocketAddr, Vec<Requests>>>,
     /// The cluster's id: the `quarry.origin` of the containers this server makes.
     cluster_id: String,
+    /// A deploy is refused while the data disk has less free space (bytes).
+    min_free_disk: u64,
 }
 
 impl std::fmt::Debug for Launch {
@@ -137,13 +140,15 @@ impl std::fmt::Debug for Launch {
 
 impl Launch {
     /// Stacks for `cluster` (of id `cluster_id`), with data under `data` (sources in
-    /// `data/sources`, build directories in `data/stacks/STACK/build/SOURCE`) and the engine
-    /// at `docker_socket` (`None`: `DOCKER_HOST` or Docker's default).
+    /// `data/sources`, build directories in `data/stacks/STACK/build/SOURCE`), deploys
+    /// refused below `min_free_disk` free bytes there, and the engine at `docker_socket`
+    /// (`None`: `DOCKER_HOST` or Docker's default).
     pub fn new(
         cluster: Arc<Cluster>,
         data: &Path,
         docker_socket: Option<PathBuf>,
         cluster_id: String,
+        min_free_disk: u64,
     ) -> Result<Arc<Launch>, SourceError> {
         let sources = SourceStore::open(data)?;
         Ok(Arc::new_cyclic(|this| Launch {
@@ -158,6 +163,7 @@ impl Launch {
             leader: leader::LeaderState::default(),
             pool: Mutex::new(HashMap::new()),
             cluster_id,
+            min_free_disk,
         }))
     }
 

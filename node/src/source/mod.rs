@@ -34,9 +34,9 @@
 //! # Left out
 //!
 //! A `.quarryignore`; trees above [`MAX_SOURCE_BYTES`] (they must fit one Bulk RPC frame);
-//! garbage collection of old sources (the caller removes what no revision names);
-//! compression.
+//! compression. Old sources and build directories are collected by [`collect`].
 
+pub mod collect;
 mod store;
 pub mod wire;
 

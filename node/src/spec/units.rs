@@ -45,7 +45,7 @@ pub fn human_size(bytes: u64) -> String {
     }
     for (unit, div) in [("G", 1u64 << 30), ("M", 1 << 20), ("K", 1 << 10)] {
         if bytes >= div {
-            let tenths = bytes * 10 / div;
+            let tenths = u128::from(bytes) * 10 / u128::from(div);
             return format!("{}.{}{unit}", tenths / 10, tenths % 10);
         }
     }
