@@ -238,3 +238,33 @@ fn a_directory_without_quarry_yml_says_what_to_do() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no quarry.yml in"), "{err}");
 }
+
+#[test]
+fn env_values_are_redacted_unless_show_env() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/guestbook");
+    let plan = |extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_quarry"))
+            .arg("plan")
+            .arg(&dir)
+            .arg("--fresh")
+            .args(extra)
+            .output()
+            .expect("run quarry");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let text = plan(&[]);
+    assert!(text.contains("env GREETING=redacted"), "{text}");
+    assert!(!text.contains("hello"), "a value shows: {text}");
+    let json = plan(&["--json"]);
+    assert!(json.contains("\"GREETING\": \"redacted\""), "{json}");
+    assert!(!json.contains("hello"), "a value shows: {json}");
+    let shown = plan(&["--show-env"]);
+    assert!(shown.contains("env GREETING=hello"), "{shown}");
+    let shown = plan(&["--json", "--show-env"]);
+    assert!(shown.contains("\"GREETING\": \"hello\""), "{shown}");
+}

@@ -94,8 +94,10 @@ fn first_deploy() -> (StackFile, StackState) {
 }
 
 fn check_golden(case: &str, plan: &Plan) {
+    // What `quarry plan` prints (env values redacted), then the plan as `--json --show-env`
+    // prints it (the values, so a golden still shows where each comes from).
     let mut got = build::render(plan);
-    got.push_str("\n--- as JSON ---\n");
+    got.push_str("\n--- as JSON (--show-env) ---\n");
     got.push_str(&serde_json::to_string_pretty(&plan.instructions).expect("plans serialize"));
     got.push('\n');
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -7,6 +7,9 @@
 //! ports taken) and runs the leader's own compile on it ([`quarry_node::launch::compile`]),
 //! so it shows the instructions and the placements `quarry deploy` would commit now.
 //!
+//! Env values are shown as `redacted` (names kept: they may be secrets, resolved from the
+//! cluster's env) unless `--show-env`.
+//!
 //! Otherwise the current state is, in order: the `--state` file if given; otherwise what the
 //! local Docker runs of the stack (read back from the containers' labels, exactly as `quarry
 //! start` reads it, so the plan shown is the plan `quarry start` applies); nothing running if
@@ -42,6 +45,9 @@ pub struct Args {
     /// Plan against this machine's Docker even when a server is configured.
     #[arg(long)]
     pub local: bool,
+    /// Show env values (they may be secrets); by default each is shown as `redacted`.
+    #[arg(long)]
+    pub show_env: bool,
     #[command(flatten)]
     pub node: NodeArgs,
 }
@@ -51,7 +57,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let dir = super::stack_dir(args.dir.as_deref());
     if !args.local && args.state.is_none() && !args.fresh {
         if let Some(target) = Target::configured(&args.node)? {
-            return cluster(&target, &dir, args.json).await;
+            return cluster(&target, &dir, args.json, args.show_env).await;
         }
     }
     let (stack, warnings) = match local::load(&dir) {
@@ -86,6 +92,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         global_env: &BTreeMap::new(),
     });
     if args.json {
+        let plan = if args.show_env { plan } else { plan.redacted() };
         println!(
             "{}",
             serde_json::to_string_pretty(
@@ -96,13 +103,27 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         for w in &warnings {
             eprintln!("{w}");
         }
-        print!("{}", build::render(&plan));
+        print!("{}", build::render_with(&plan, env_values(args.show_env)));
     }
     Ok(ExitCode::SUCCESS)
 }
 
 /// The plan against the cluster (see the module docs).
-async fn cluster(target: &Target, dir: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {
+/// What the plan shows of env values.
+fn env_values(show: bool) -> build::EnvValues {
+    if show {
+        build::EnvValues::Shown
+    } else {
+        build::EnvValues::Redacted
+    }
+}
+
+async fn cluster(
+    target: &Target,
+    dir: &std::path::Path,
+    json: bool,
+    show_env: bool,
+) -> anyhow::Result<ExitCode> {
     let load = |max_memory| local::load_for(dir, max_memory);
     let report = |diags: &quarry_node::spec::Diagnostics| {
         if json {
@@ -156,7 +177,7 @@ async fn cluster(target: &Target, dir: &std::path::Path, json: bool) -> anyhow::
         println!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
-                "plan": compiled.plan,
+                "plan": if show_env { compiled.plan.clone() } else { compiled.plan.redacted() },
                 "placements": placements,
                 "revision": compiled.change.revision,
                 "grid_version": compiled.change.grid_version,
@@ -178,7 +199,10 @@ async fn cluster(target: &Target, dir: &std::path::Path, json: bool) -> anyhow::
         compiled.change.revision,
         compiled.change.grid_version
     );
-    print!("{}", build::render(&compiled.plan));
+    print!(
+        "{}",
+        build::render_with(&compiled.plan, env_values(show_env))
+    );
     if !placements.is_empty() {
         println!("New containers would go:");
         for p in &placements {

@@ -33,7 +33,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-pub use render::render;
+pub use render::{render, render_with, EnvValues, REDACTED};
 
 use crate::spec::{env_prefix, references, Attr, NodeSpec, StackFile};
 use crate::types::{
@@ -163,6 +163,27 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// The same plan with every container's env values replaced by [`REDACTED`] (names
+    /// kept): what `quarry plan --json` prints unless `--show-env`.
+    pub fn redacted(&self) -> Plan {
+        let hide = |c: &mut DesiredContainer| {
+            for v in c.env.values_mut() {
+                *v = REDACTED.to_owned();
+            }
+        };
+        let mut p = self.clone();
+        for i in &mut p.instructions {
+            match i {
+                Instruction::Ensure { container, .. } => hide(container),
+                Instruction::Deploy { containers, .. } => containers.iter_mut().for_each(hide),
+                Instruction::Scale { add, .. } => add.iter_mut().for_each(hide),
+                Instruction::Route { .. } | Instruction::Kill { .. } => {}
+            }
+        }
+        p.desired.iter_mut().for_each(hide);
+        p
+    }
+
     /// The slices the grid must place: one for each desired container without a placement.
     pub fn slices_to_place(&self, stack: &StackFile) -> Vec<SliceSpec> {
         self.desired

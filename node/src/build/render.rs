@@ -6,8 +6,26 @@ use super::{Instruction, Plan, RouteAction};
 use crate::spec::units::format_size;
 use crate::types::{DesiredContainer, ImageSource};
 
-/// Render `plan` as text. `+` adds, `~` changes in place, `-` removes, `=` is left alone.
+/// What a rendered plan shows of env values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EnvValues {
+    /// Names only, each value shown as [`REDACTED`] (values may be secrets).
+    Redacted,
+    /// The values too (`quarry plan --show-env`).
+    Shown,
+}
+
+/// What a hidden env value is shown as.
+pub const REDACTED: &str = "redacted";
+
+/// Render `plan` as text, env values redacted. `+` adds, `~` changes in place, `-` removes,
+/// `=` is left alone.
 pub fn render(plan: &Plan) -> String {
+    render_with(plan, EnvValues::Redacted)
+}
+
+/// Render `plan` as text, showing `env` values as asked.
+pub fn render_with(plan: &Plan, env: EnvValues) -> String {
     let mut out = String::new();
     let n = plan.instructions.len();
     let _ = writeln!(
@@ -38,7 +56,7 @@ pub fn render(plan: &Plan) -> String {
                     revs(*from, *to),
                     reasons.join("; ")
                 );
-                describe(&mut out, std::slice::from_ref(container.as_ref()));
+                describe(&mut out, std::slice::from_ref(container.as_ref()), env);
                 if !stop.is_empty() {
                     let _ = writeln!(out, "    then stop: {}", join(stop));
                 }
@@ -58,7 +76,7 @@ pub fn render(plan: &Plan) -> String {
                     revs(*from, *to),
                     reasons.join("; ")
                 );
-                describe(&mut out, containers);
+                describe(&mut out, containers, env);
                 if !stop.is_empty() {
                     let _ = writeln!(out, "    once healthy, stop: {}", join(stop));
                 }
@@ -146,7 +164,7 @@ fn join(slices: &[crate::types::SliceId]) -> String {
 
 /// The containers of one instruction: all replicas share image, command, env and size, so
 /// they are described once.
-fn describe(out: &mut String, containers: &[DesiredContainer]) {
+fn describe(out: &mut String, containers: &[DesiredContainer], env: EnvValues) {
     let Some(c) = containers.first() else { return };
     let image = match &c.image {
         ImageSource::Image(n) => n.clone(),
@@ -167,6 +185,10 @@ fn describe(out: &mut String, containers: &[DesiredContainer]) {
         let _ = writeln!(out, "    ports {}", ports.join(", "));
     }
     for (k, v) in &c.env {
+        let v = match env {
+            EnvValues::Redacted => REDACTED,
+            EnvValues::Shown => v.as_str(),
+        };
         let _ = writeln!(out, "    env {k}={v}");
     }
 }
