@@ -268,3 +268,60 @@ fn env_values_are_redacted_unless_show_env() {
     let shown = plan(&["--json", "--show-env"]);
     assert!(shown.contains("\"GREETING\": \"hello\""), "{shown}");
 }
+
+/// `quarry plan` and `quarry deploy` on `text`: (exit code, stderr).
+fn plan_and_deploy(text: &str) -> Vec<(Option<i32>, String)> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("quarry.yml"), text).expect("write");
+    let plan = Command::new(env!("CARGO_BIN_EXE_quarry"))
+        .arg("plan")
+        .arg(dir.path())
+        .output()
+        .expect("run quarry");
+    // A deploy reads the file before it contacts anyone: nothing listens on port 9.
+    let deploy = Command::new(env!("CARGO_BIN_EXE_quarry"))
+        .args(["deploy", "--node", "http://127.0.0.1:9"])
+        .arg(dir.path())
+        .env("QUARRY_TOKEN", "unused")
+        .output()
+        .expect("run quarry");
+    [plan, deploy]
+        .into_iter()
+        .map(|o| {
+            (
+                o.status.code(),
+                String::from_utf8_lossy(&o.stderr).into_owned(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_deeply_nested_file_is_a_fault_not_an_abort() {
+    // The file: 200 KB of nested block sequences aborted both commands (exit 134).
+    for text in [
+        format!("{}x\n", "- ".repeat(100_000)),
+        format!("{}{}\n", "[".repeat(100_000), "]".repeat(100_000)),
+    ] {
+        for (code, err) in plan_and_deploy(&text) {
+            assert_eq!(code, Some(1), "{err}");
+            assert!(err.contains("quarry.yml:1:"), "{err}");
+            assert!(err.contains("nested more than 64 deep"), "{err}");
+        }
+    }
+}
+
+#[test]
+fn a_file_above_one_mib_is_one_fault_at_1_1() {
+    let text = format!("name: big\n# {}\n", "x".repeat(10 << 20));
+    for (code, err) in plan_and_deploy(&text) {
+        assert_eq!(code, Some(1), "{err}");
+        assert!(
+            err.contains(&format!(
+                "quarry.yml:1:1: error: the file is {} bytes, above the limit of 1 MiB",
+                text.len()
+            )),
+            "{err}"
+        );
+    }
+}
