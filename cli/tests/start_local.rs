@@ -179,13 +179,18 @@ fn docker(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// One HTTP/1.0 GET through the router: (status, body).
+/// One HTTP/1.0 GET of `/` through the router: (status, body).
 fn get(addr: SocketAddr, host: &str) -> Result<(u16, String), String> {
+    get_path(addr, host, "/")
+}
+
+/// One HTTP/1.0 GET of `path` through the router: (status, body).
+fn get_path(addr: SocketAddr, host: &str, path: &str) -> Result<(u16, String), String> {
     let mut s =
         TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(Duration::from_secs(5)))
         .map_err(|e| e.to_string())?;
-    write!(s, "GET / HTTP/1.0\r\nHost: {host}\r\n\r\n").map_err(|e| e.to_string())?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").map_err(|e| e.to_string())?;
     let mut text = String::new();
     s.read_to_string(&mut text).map_err(|e| e.to_string())?;
     let status = text
@@ -631,11 +636,19 @@ struct Server {
     running: Option<quarry_node::daemon::Running>,
     rt: tokio::runtime::Runtime,
     env: Vec<(String, String)>,
+    /// Where its router listens (a server tagged `router`).
+    router: Option<SocketAddr>,
+    /// Its cluster's id (the `quarry.origin` of what it makes).
+    cluster_id: String,
+    _nginx: Option<quarry_node::router::StopOnDrop>,
     _dir: tempfile::TempDir,
 }
 
 impl Server {
-    fn start() -> Server {
+    /// A server publishing on `host_ports` (apart from `quarry start`'s 20000-29999 and from
+    /// the other tests' servers: none sees the ports the others take meanwhile); a router
+    /// when `router`.
+    fn start(host_ports: (u16, u16), router: bool) -> Server {
         use quarry_node::daemon::{self, Secrets};
         let dir = tempfile::tempdir().expect("tmp");
         let mut c = quarry_node::config::Config::default();
@@ -646,13 +659,20 @@ impl Server {
         c.rpc_port = 0;
         c.gossip_port = 0;
         c.memory = Some("2G".to_owned());
-        // Host ports apart from `quarry start`'s 20000-29999: the cluster does not see the
-        // ports the other tests' local stacks take meanwhile (nor they its).
-        c.host_ports = (31000, 31999);
+        c.host_ports = host_ports;
         c.paths.data = dir.path().join("data");
         c.paths.secrets = dir.path().join("secrets");
         c.paths.api_socket = dir.path().join("api.sock");
         c.paths.hosts_file = dir.path().join("hosts");
+        let mut nginx = None;
+        if router {
+            c.tags = vec!["router".to_owned()];
+            c.router_listen = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+            // Its nginx outlives the server by design: the test stops it.
+            nginx = Some(quarry_node::router::StopOnDrop(
+                quarry_node::router::Nginx::new(&c.paths.data.join("router")),
+            ));
+        }
         daemon::init(&c).expect("init");
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -670,21 +690,35 @@ impl Server {
                 Secrets::of(&c).admin_token().expect("token"),
             ),
         ];
-        Server {
+        let mut server = Server {
             running: Some(running),
             rt,
             env,
+            router: router.then_some(c.router_listen),
+            cluster_id: String::new(),
+            _nginx: nginx,
             _dir: dir,
-        }
+        };
+        let v: Value = serde_json::from_slice(&server.quarry(&["status", "--json"]).stdout)
+            .expect("status --json");
+        server.cluster_id = v["gossip"]["cluster_id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no cluster_id in {v}"))
+            .to_owned();
+        server
     }
 
-    fn quarry(&self, args: &[&str]) -> Output {
-        let out = Command::new(env!("CARGO_BIN_EXE_quarry"))
+    fn quarry_any(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_quarry"))
             .args(args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("HOME", "/nonexistent-home")
             .output()
-            .expect("run quarry");
+            .expect("run quarry")
+    }
+
+    fn quarry(&self, args: &[&str]) -> Output {
+        let out = self.quarry_any(args);
         assert!(
             out.status.success(),
             "quarry {args:?}: {}{}",
@@ -696,9 +730,24 @@ impl Server {
 }
 
 impl Drop for Server {
+    /// Stops the server, then removes what its reconciler made (once it no longer runs, so
+    /// nothing is made again).
     fn drop(&mut self) {
         if let Some(r) = self.running.take() {
             self.rt.block_on(r.stop());
+        }
+        let label = format!("label=quarry.origin={}", self.cluster_id);
+        for (kind, list) in [("container", "-aq"), ("network", "-q")] {
+            let ids = docker(&[kind, "ls", list, "--filter", &label]);
+            let ids: Vec<&str> = ids.split_whitespace().collect();
+            if !ids.is_empty() {
+                let mut args = vec![kind, "rm"];
+                if kind == "container" {
+                    args.push("-f");
+                }
+                args.extend(ids);
+                docker(&args);
+            }
         }
     }
 }
@@ -727,31 +776,8 @@ fn made_by(stack: &str, origin: &str) -> Vec<(String, bool)> {
 #[test]
 fn a_local_and_a_cluster_stack_of_one_name_share_an_engine_and_each_stops_only_its_own() {
     let s = Stack::new("origin");
-    let server = Server::start();
-    let cluster_id = {
-        let v: Value = serde_json::from_slice(&server.quarry(&["status", "--json"]).stdout)
-            .expect("status --json");
-        v["gossip"]["cluster_id"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no cluster_id in {v}"))
-            .to_owned()
-    };
-    let cleanup = |origin: &str| {
-        let ids: Vec<String> = made_by(&s.name, origin).into_iter().map(|c| c.0).collect();
-        if !ids.is_empty() {
-            let mut args = vec!["rm", "-f"];
-            args.extend(ids.iter().map(String::as_str));
-            docker(&args);
-        }
-        docker(&["network", "rm", &format!("quarry.{}", s.name)]);
-    };
-    struct Finally<F: Fn()>(F);
-    impl<F: Fn()> Drop for Finally<F> {
-        fn drop(&mut self) {
-            (self.0)()
-        }
-    }
-    let _cleanup = Finally(|| cleanup(&cluster_id));
+    let server = Server::start((31000, 31499), false);
+    let cluster_id = server.cluster_id.clone();
 
     // The cluster runs the stack; then `quarry start` runs one of the same name here.
     let dir = s.dir.to_str().expect("utf-8 path");
@@ -818,4 +844,66 @@ fn a_local_and_a_cluster_stack_of_one_name_share_an_engine_and_each_stops_only_i
     );
     let (status, body) = s.get().expect("the local router answers");
     assert_eq!(status, 200, "{body}");
+}
+
+#[test]
+fn a_domain_another_stack_holds_in_another_case_is_refused_naming_both_and_the_rest_goes_on() {
+    let pid = std::process::id();
+    let with_domain = |tag: &str, domain: &str| {
+        let s = Stack::new(tag);
+        let yml = s.dir.join("quarry.yml");
+        let text = std::fs::read_to_string(&yml).expect("read");
+        std::fs::write(
+            &yml,
+            text.replace("[guestbook.test]", &format!("[{domain}]")),
+        )
+        .expect("write");
+        s
+    };
+    let shop = format!("Shop-{pid}.test");
+    let a = with_domain("dom-a", &shop);
+    let b = with_domain("dom-b", &shop.to_ascii_lowercase());
+    let c = with_domain("dom-c", &format!("other-{pid}.test"));
+    let server = Server::start((31500, 31999), true);
+    let router = server.router.expect("a router");
+    let serves = |domain: &str| {
+        poll(
+            &format!("{domain}'s web replicas answering through the router"),
+            Duration::from_secs(60),
+            // Their health page: on a loopback cluster a replica cannot reach its service at
+            // the server's address (127.0.0.1 is its own), so `/` answers 502 here.
+            || match get_path(router, domain, "/health") {
+                Ok((200, body)) if body.trim() == "ok" => Ok(body),
+                Ok((code, body)) => Err(format!("{code}: {body}")),
+                Err(e) => Err(e),
+            },
+        )
+    };
+
+    server.quarry(&["deploy", a.dir.to_str().expect("utf-8")]);
+    serves(&shop.to_ascii_lowercase());
+    let refused = server.quarry_any(&["deploy", b.dir.to_str().expect("utf-8")]);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{err}");
+    assert!(
+        err.contains(&format!(
+            "domain {} of stack {} is already routed to stack {}",
+            shop.to_ascii_lowercase(),
+            b.name,
+            a.name
+        )),
+        "{err}"
+    );
+    // The other stacks' deploys and routing go on.
+    server.quarry(&["deploy", c.dir.to_str().expect("utf-8")]);
+    serves(&format!("other-{pid}.test"));
+    serves(&shop);
+    let routes: Value =
+        serde_json::from_slice(&server.quarry(&["routes", "--json"]).stdout).expect("json");
+    assert_eq!(routes["left_out"], serde_json::json!([]), "{routes}");
+    assert_eq!(
+        routes["table"]["nodes"].as_array().map(Vec::len),
+        Some(2),
+        "{routes}"
+    );
 }

@@ -243,7 +243,8 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
         .collect();
     let report = StartReport {
         stack: name.clone(),
-        plan: plan.instructions.clone(),
+        // Env values redacted, as `quarry plan` prints them.
+        plan: plan.redacted().instructions,
         changed: !diff.is_noop() || applied != Applied::Unchanged,
         router: RouterReport {
             listen,
