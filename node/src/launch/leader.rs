@@ -315,7 +315,7 @@ impl Launch {
     pub(super) fn finish(&self, job: &Job, failed: Option<String>) {
         if let Some(d) = lock(&self.leader.deploys).get_mut(&job.id) {
             d.done = true;
-            if failed.is_none() || d.phase != super::executor::OUTCOME_UNKNOWN {
+            if failed.is_none() || d.phase != super::commit::OUTCOME_UNKNOWN {
                 d.phase = if failed.is_some() { "failed" } else { "done" }.to_owned();
             }
             d.failed = failed.clone();

@@ -62,6 +62,7 @@ pub mod protocol;
 pub mod routing;
 
 mod api;
+mod commit;
 mod disk;
 mod executor;
 mod leader;
