@@ -111,6 +111,22 @@ fn a_web_node_needs_ports() {
 }
 
 #[test]
+fn a_domain_listed_twice_in_another_case_is_refused_at_the_second() {
+    assert_errors(
+        "domain_twice",
+        &[
+            (7, 15, "domain \"Shop.test\" is routed as \"shop.test\""),
+            (12, 32, "domain \"shop.TEST\" is routed as \"shop.test\""),
+            (
+                12,
+                32,
+                "domain \"shop.test\" is listed twice: node \"web\" has it at line 7, column 15",
+            ),
+        ],
+    );
+}
+
+#[test]
 fn scale_zero_is_refused() {
     assert_errors("scale_zero", &[(8, 12, "scale must be at least 1")]);
 }
@@ -221,4 +237,61 @@ fn a_directory_without_quarry_yml_says_what_to_do() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no quarry.yml in"), "{err}");
+}
+
+/// `quarry plan` and `quarry deploy` on `text`: (exit code, stderr).
+fn plan_and_deploy(text: &str) -> Vec<(Option<i32>, String)> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("quarry.yml"), text).expect("write");
+    let plan = Command::new(env!("CARGO_BIN_EXE_quarry"))
+        .arg("plan")
+        .arg(dir.path())
+        .output()
+        .expect("run quarry");
+    // A deploy reads the file before it contacts anyone: nothing listens on port 9.
+    let deploy = Command::new(env!("CARGO_BIN_EXE_quarry"))
+        .args(["deploy", "--node", "http://127.0.0.1:9"])
+        .arg(dir.path())
+        .env("QUARRY_TOKEN", "unused")
+        .output()
+        .expect("run quarry");
+    [plan, deploy]
+        .into_iter()
+        .map(|o| {
+            (
+                o.status.code(),
+                String::from_utf8_lossy(&o.stderr).into_owned(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_deeply_nested_file_is_a_fault_not_an_abort() {
+    // The file: 200 KB of nested block sequences aborted both commands (exit 134).
+    for text in [
+        format!("{}x\n", "- ".repeat(100_000)),
+        format!("{}{}\n", "[".repeat(100_000), "]".repeat(100_000)),
+    ] {
+        for (code, err) in plan_and_deploy(&text) {
+            assert_eq!(code, Some(1), "{err}");
+            assert!(err.contains("quarry.yml:1:"), "{err}");
+            assert!(err.contains("nested more than 64 deep"), "{err}");
+        }
+    }
+}
+
+#[test]
+fn a_file_above_one_mib_is_one_fault_at_1_1() {
+    let text = format!("name: big\n# {}\n", "x".repeat(10 << 20));
+    for (code, err) in plan_and_deploy(&text) {
+        assert_eq!(code, Some(1), "{err}");
+        assert!(
+            err.contains(&format!(
+                "quarry.yml:1:1: error: the file is {} bytes, above the limit of 1 MiB",
+                text.len()
+            )),
+            "{err}"
+        );
+    }
 }

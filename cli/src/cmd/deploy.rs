@@ -157,6 +157,12 @@ pub async fn follow(
                 println!("{}", serde_json::to_string_pretty(&v)?);
             }
             return Ok(match v.failed {
+                // The leader could not tell whether its commit happened: not a failure
+                // (the words say what to check).
+                Some(why) if v.phase == "outcome unknown" => {
+                    eprintln!("deploy {id} of {}: {why}", v.stack);
+                    ExitCode::FAILURE
+                }
                 Some(why) => {
                     eprintln!("deploy {id} of {} failed: {why}", v.stack);
                     ExitCode::FAILURE

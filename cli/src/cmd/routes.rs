@@ -1,8 +1,9 @@
 //! `quarry routes`: what the routers serve, as the leader computes it from the committed routes
 //! and the servers' reports (domain, stack, node, the routed replicas and their revision), and
-//! whether each router (a server tagged `router`) has acknowledged it.
+//! whether each router (a server tagged `router`) has acknowledged it; and the committed routes
+//! left out of the table (a domain two nodes claim, a name nginx cannot take), with why.
 
-use quarry_node::launch::RoutesView;
+use quarry_node::launch::RoutesReport;
 
 use super::client::{NodeArgs, Target};
 use super::table;
@@ -20,11 +21,12 @@ pub struct RoutesArgs {
 /// Run `quarry routes`.
 pub async fn run(args: RoutesArgs) -> anyhow::Result<()> {
     let target = Target::resolve(&args.node)?;
-    let v: RoutesView = target.get("/v1/routes").await?;
+    let report: RoutesReport = target.get("/v1/routes").await?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }
+    let v = &report.view;
     if v.table.nodes.is_empty() {
         println!("no domains are routed: a web node's `domains` are, once deployed");
     } else {
@@ -49,6 +51,12 @@ pub async fn run(args: RoutesArgs) -> anyhow::Result<()> {
             })
             .collect();
         table::print(&["DOMAINS", "NODE", "REPLICAS"], &rows);
+    }
+    for l in &report.left_out {
+        println!(
+            "left out: {} of {}.{}: {}",
+            l.domain, l.stack, l.node, l.reason
+        );
     }
     if v.routers.is_empty() {
         println!(

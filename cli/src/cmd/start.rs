@@ -205,10 +205,17 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
                 .collect(),
         })
         .collect();
-    let conf = render(&RouterSpec {
+    let rendered = render(&RouterSpec {
         listen,
         sites: sites.clone(),
-    })?;
+    });
+    for l in &rendered.left_out {
+        eprintln!(
+            "warning: {} of node {} is left out of the router: {}",
+            l.domain, l.node, l.reason
+        );
+    }
+    let conf = rendered.conf;
     let applied = tokio::task::spawn_blocking(move || nginx.apply(&conf))
         .await
         .context("router task")??;

@@ -46,7 +46,7 @@ pub use crate::answers::{
     EnvChange, EnvView, GossipOnly, GossipStatus, GossipView, GridView, RaftStatus, ScaleRequest,
     ServerEntry, Servers, StacksView, Status,
 };
-use crate::launch::{Accepted, DeployView, PlanInputs, PsView, RoutesView};
+use crate::launch::{Accepted, DeployView, PlanInputs, PsView, RoutesReport};
 use crate::rpc::server::BoxFuture;
 
 /// An error answer: the HTTP status and what to do.
@@ -132,7 +132,7 @@ pub trait ClusterView: Send + Sync + 'static {
         no_stacks()
     }
     /// What the routers serve.
-    fn routes(&self) -> BoxFuture<'_, Result<RoutesView, ApiFailure>> {
+    fn routes(&self) -> BoxFuture<'_, Result<RoutesReport, ApiFailure>> {
         no_stacks()
     }
     /// Hand Raft leadership to a voter.

@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use super::protocol::{Accepted, DeployView, LaunchAnswer, LaunchRequest, PsView, RoutesView};
+use super::protocol::{Accepted, DeployView, LaunchAnswer, LaunchRequest, PsView};
+use super::routing::{self, RoutesReport};
 use super::{Launch, PlanInputs};
 use crate::api::{
     ApiFailure, ClusterView, EnvChange, EnvView, GridView, ScaleRequest, Servers, StacksView,
@@ -237,16 +238,23 @@ impl ClusterView for Launch {
         })
     }
 
-    fn routes(&self) -> BoxFuture<'_, Result<RoutesView, ApiFailure>> {
+    fn routes(&self) -> BoxFuture<'_, Result<RoutesReport, ApiFailure>> {
         Box::pin(async move {
-            match self
+            let view = match self
                 .ask_leader(LaunchRequest::Routes, Duration::from_secs(10))
                 .await
             {
-                Ok(LaunchAnswer::Routes(v)) => Ok(v),
-                Ok(other) => Err(unexpected(other)),
-                Err(e) => Err(fail(503, e)),
-            }
+                Ok(LaunchAnswer::Routes(v)) => v,
+                Ok(other) => return Err(unexpected(other)),
+                Err(e) => return Err(fail(503, e)),
+            };
+            // What the leader's table left out: the same pure function of the committed
+            // routes, computed here (the leader's answer has no field for it).
+            let left_out = self
+                .cluster
+                .read(|s: &ClusterState| routing::left_out(&s.routes))
+                .await?;
+            Ok(RoutesReport { view, left_out })
         })
     }
 

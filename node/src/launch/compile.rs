@@ -147,16 +147,21 @@ pub enum CompileError {
     /// The replicated grid could not be read back.
     #[error("the cluster's grid is damaged: {0}")]
     Grid(#[from] GridError),
-    /// A domain of the stack is routed to another stack.
+    /// A domain of the stack is routed to another stack (domains compared
+    /// case-insensitively).
     #[error(
-        "domain {domain} is already routed to stack {other}: remove it from {other}'s \
-         quarry.yml (and deploy it) first, or use another domain"
+        "domain {domain} of stack {stack} is already routed to stack {other} (as {routed}): \
+         remove it from {other}'s quarry.yml (and deploy it) first, or use another domain"
     )]
     DomainTaken {
-        /// The domain.
+        /// The domain, as the stack being compiled has it.
         domain: String,
+        /// The stack being compiled.
+        stack: String,
         /// The stack it is routed to.
         other: String,
+        /// The domain as committed for `other` (an older build kept its case).
+        routed: String,
     },
 }
 
@@ -173,14 +178,21 @@ pub fn compile(
         current: &record.current,
         global_env: &env,
     });
+    // Case-insensitively: an older build committed domains in the case they were written.
+    let taken: BTreeMap<String, (&String, &RouteTarget)> = inputs
+        .routes
+        .iter()
+        .filter(|(_, t)| t.stack != file.name)
+        .map(|(d, t)| (d.to_ascii_lowercase(), (d, t)))
+        .collect();
     for r in &plan.routes {
-        if let Some(t) = inputs.routes.get(&r.domain) {
-            if t.stack != file.name {
-                return Err(CompileError::DomainTaken {
-                    domain: r.domain.clone(),
-                    other: t.stack.clone(),
-                });
-            }
+        if let Some((routed, t)) = taken.get(&r.domain.to_ascii_lowercase()) {
+            return Err(CompileError::DomainTaken {
+                domain: r.domain.clone(),
+                stack: file.name.clone(),
+                other: t.stack.clone(),
+                routed: (*routed).clone(),
+            });
         }
     }
     let grid = Grid::from_state(inputs.grid.clone())?;

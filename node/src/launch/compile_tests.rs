@@ -268,6 +268,53 @@ fn a_domain_of_another_stack_and_unknown_stacks_are_refused() {
 }
 
 #[test]
+fn a_domain_of_another_stack_in_another_case_is_refused_naming_both_stacks() {
+    let mut s = cluster();
+    deploy(&mut s, &stack(EXAMPLE, "a"), &source(1));
+    let shouted = EXAMPLE
+        .replace("name: guestbook", "name: other")
+        .replace("[guestbook.test]", "[GuestBook.Test]");
+    let other = stack(&shouted, "b");
+    let e = compile(&PlanInputs::of(&s, "other"), &other, &source(2)).expect_err("taken");
+    let e = e.to_string();
+    assert!(
+        e.contains("domain guestbook.test of stack other is already routed to stack guestbook"),
+        "{e}"
+    );
+
+    // A route an older build committed in the case it was written is compared
+    // case-insensitively too.
+    let mut old = cluster();
+    let mut c = compile(
+        &PlanInputs::of(&old, "guestbook"),
+        &stack(EXAMPLE, "a"),
+        &source(1),
+    )
+    .expect("compiles");
+    c.change.routes = BTreeMap::from([("GuestBook.test".to_owned(), "web".to_owned())]);
+    old.apply(9, Command::Deploy(Box::new(c.change)))
+        .expect("an older build's change");
+    let e = compile(
+        &PlanInputs::of(&old, "other"),
+        &stack(&EXAMPLE.replace("name: guestbook", "name: other"), "b"),
+        &source(2),
+    )
+    .expect_err("taken");
+    assert!(
+        e.to_string()
+            .contains("of stack other is already routed to stack guestbook (as GuestBook.test)"),
+        "{e}"
+    );
+    // The stack that holds it redeploys: its own route, whatever its case.
+    compile(
+        &PlanInputs::of(&old, "guestbook"),
+        &stack(EXAMPLE, "a"),
+        &source(3),
+    )
+    .expect("its own domain");
+}
+
+#[test]
 fn rescale_refuses_services_zero_and_unknown_nodes() {
     let file = stack(EXAMPLE, "a");
     assert!(rescale(&file, "kv", 2).unwrap_err().contains("service"));

@@ -314,7 +314,9 @@ impl Launch {
     pub(super) fn finish(&self, job: &Job, failed: Option<String>) {
         if let Some(d) = lock(&self.leader.deploys).get_mut(&job.id) {
             d.done = true;
-            d.phase = if failed.is_some() { "failed" } else { "done" }.to_owned();
+            if failed.is_none() || d.phase != super::executor::OUTCOME_UNKNOWN {
+                d.phase = if failed.is_some() { "failed" } else { "done" }.to_owned();
+            }
             d.failed = failed.clone();
         }
         let mut failures = lock(&self.leader.failures);

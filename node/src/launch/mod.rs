@@ -85,6 +85,7 @@ pub use protocol::{
     RoutesView, ServerReport, StackEntry,
 };
 pub use rollout::ROUTER_TAG;
+pub use routing::RoutesReport;
 
 use crate::bulk::BulkHandler;
 use crate::cluster::{Cluster, ControlAnswer, ControlRequest};

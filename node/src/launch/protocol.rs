@@ -165,7 +165,9 @@ pub struct DeployView {
     pub next: usize,
     /// Finished (well or not).
     pub done: bool,
-    /// Why it failed; nothing was committed when it fails before `committed`.
+    /// Why it failed. With phase `outcome unknown` its commit timed out or lost its leader
+    /// and may still happen (the words say what to check); otherwise nothing was committed
+    /// when it fails before `committed`.
     pub failed: Option<String>,
     /// The stack revision committed, once it is.
     pub committed: Option<u64>,

@@ -1,10 +1,11 @@
 //! The router on a server tagged `router`: one nginx, daemonized in `DATA/router`, serving
 //! the table the leader sends ([`LaunchRequest::Route`](super::LaunchRequest::Route)).
 //!
-//! - A table is rendered by the same [`crate::router::render`] as `quarry start`, checked
-//!   with `nginx -t`, and reloaded gracefully; the answer goes back only once the new workers
-//!   serve and the old ones have finished their requests, so the leader may stop the replicas
-//!   the new table left.
+//! - A table is rendered by the same [`crate::router::render`] as `quarry start` (an entry
+//!   it cannot route is left out and logged, the rest is served), checked with `nginx -t`,
+//!   and reloaded gracefully; the answer goes back only once the new workers serve and the
+//!   old ones have finished their requests, so the leader may stop the replicas the new
+//!   table left.
 //! - A table from an older leader term than one already applied is refused (a deposed
 //!   leader's late push never undoes its successor's).
 //! - **Static stability**: without a table (a leader change, a partition, quarryd restarted)
@@ -40,7 +41,7 @@ impl Router {
         let live = nginx.prefix().join("conf/nginx.conf");
         let conf = match std::fs::read_to_string(&live) {
             Ok(c) => c,
-            Err(_) => render(&RouteTable::default().spec(listen)).map_err(|e| e.to_string())?,
+            Err(_) => render(&RouteTable::default().spec(listen)).conf,
         };
         let n = nginx.clone();
         let applied = tokio::task::spawn_blocking(move || {
@@ -68,7 +69,12 @@ impl Router {
                 state.term
             ));
         }
-        let conf = render(&table.spec(self.listen)).map_err(|e| e.to_string())?;
+        // A bad entry (from a leader of an older build) is left out, never the whole table.
+        let rendered = render(&table.spec(self.listen));
+        for l in &rendered.left_out {
+            tracing::warn!(domain = %l.domain, stack = %l.stack, node = %l.node, "left out of the router: {}", l.reason);
+        }
+        let conf = rendered.conf;
         let nginx = self.nginx.clone();
         let applied = tokio::task::spawn_blocking(move || nginx.apply(&conf))
             .await

@@ -2,7 +2,9 @@
 //! the committed state and the servers' reports (as a readiness function), tested as data.
 //!
 //! - [`table`]: for every committed route (domain -> a stack's web node), the addresses of the
-//!   node's ready replicas. While a DEPLOY runs (the node has retiring replicas) exactly one
+//!   node's ready replicas. Domains are served in lower case; a route the routers cannot
+//!   serve (a domain two nodes claim in any case, a name nginx cannot take) is left out and
+//!   reported ([`left_out`], `quarry routes`): one stack never keeps the others' routes out. While a DEPLOY runs (the node has retiring replicas) exactly one
 //!   revision is routed: the new one once **all** its replicas are ready, the old one until
 //!   then (or the new one's ready replicas when no old one is ready). A disabled stack, or a
 //!   node with nothing ready, routes nothing: its domains answer 503.
@@ -16,8 +18,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::protocol::RoutesView;
 use crate::cluster::{RouteTarget, StackRecord};
-use crate::router::{RouterSpec, Site};
+use crate::router::{admit, Admitted, LeftOut, RouterSpec, Site};
 use crate::types::DesiredContainer;
 
 /// How long a deploy's new replicas get to become ready before it is rolled back.
@@ -79,6 +82,19 @@ impl RouteTable {
     }
 }
 
+/// `GET /v1/routes`: the leader's view and the committed routes left out of its table. (The
+/// view's wire encoding between servers is fixed; the left-out routes are computed by the
+/// server that answers, from the same committed routes.)
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoutesReport {
+    /// What the leader computes and the routers acknowledged.
+    #[serde(flatten)]
+    pub view: RoutesView,
+    /// Committed routes no router is sent, and why.
+    #[serde(default)]
+    pub left_out: Vec<LeftOut>,
+}
+
 /// The `address:host port` of a placed container's main port.
 pub fn main_address(d: &DesiredContainer) -> Option<String> {
     let p = d.placement.as_ref()?;
@@ -86,19 +102,33 @@ pub fn main_address(d: &DesiredContainer) -> Option<String> {
     Some(format!("{}:{hp}", p.host))
 }
 
+/// The committed routes the routers can serve ([`crate::router::admit`]: domains in lower
+/// case; a domain two nodes claim, or a name nginx could not take, left out).
+fn admitted(routes: &BTreeMap<String, RouteTarget>) -> Admitted {
+    admit(
+        routes
+            .iter()
+            .map(|(d, t)| (t.stack.as_str(), t.node.as_str(), d.as_str())),
+    )
+}
+
+/// The committed routes left out of the routers' table, and why (`quarry routes` shows them;
+/// a pure function of the committed routes, so any server computes what the leader does).
+pub fn left_out(routes: &BTreeMap<String, RouteTarget>) -> Vec<LeftOut> {
+    admitted(routes).left_out
+}
+
 /// The routers' table: see the module docs. `ready(stack, container)` says whether the
-/// container's server reports it running and healthy.
+/// container's server reports it running and healthy. A committed route that cannot be
+/// served ([`left_out`]) is not in it; every other route is.
 pub fn table(
     routes: &BTreeMap<String, RouteTarget>,
     stacks: &BTreeMap<String, StackRecord>,
     ready: &dyn Fn(&str, &DesiredContainer) -> bool,
 ) -> RouteTable {
     let mut by_node: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
-    for (domain, t) in routes {
-        by_node
-            .entry((t.stack.clone(), t.node.clone()))
-            .or_default()
-            .push(domain.clone());
+    for (domain, target) in admitted(routes).routes {
+        by_node.entry(target).or_default().push(domain);
     }
     let nodes = by_node
         .into_iter()

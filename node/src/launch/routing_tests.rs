@@ -122,3 +122,72 @@ fn a_rollout_waits_retires_once_ready_and_switched_and_rolls_back_on_failure_or_
         "nothing to roll back to: not a rollout"
     );
 }
+
+/// `stack` (the example renamed) committed as an older build would: its web node's routes
+/// as given, in the case they were written.
+fn deploy_routes(s: &mut ClusterState, name: &str, domains: &[&str]) {
+    let yml = EXAMPLE
+        .replace("name: guestbook", &format!("name: {name}"))
+        .replace("[guestbook.test]", "[placeholder.test]");
+    let file = stack(&yml, "a");
+    let mut c = crate::launch::compile::compile(
+        &crate::launch::compile::PlanInputs::of(s, name),
+        &file,
+        &source(7),
+    )
+    .expect("compiles");
+    c.change.routes = domains
+        .iter()
+        .map(|d| ((*d).to_owned(), "web".to_owned()))
+        .collect();
+    s.apply(20, crate::cluster::Command::Deploy(Box::new(c.change)))
+        .expect("an older build's change");
+}
+
+#[test]
+fn a_domain_two_stacks_hold_in_different_case_is_left_out_and_the_other_routes_are_served() {
+    let mut s = cluster();
+    deploy(&mut s, &stack(EXAMPLE, "a"), &source(1));
+    deploy_routes(&mut s, "shop", &["GuestBook.test", "Shop.test"]);
+    let t = table(&s.routes, &s.stacks, &|_, _| true);
+    let served: Vec<(&str, Vec<String>)> = t
+        .nodes
+        .iter()
+        .map(|n| (n.stack.as_str(), n.domains.clone()))
+        .collect();
+    assert_eq!(
+        served,
+        vec![("shop", vec!["shop.test".to_owned()])],
+        "guestbook.test goes to neither; shop.test is served, in lower case"
+    );
+    assert!(
+        t.nodes[0].upstreams.len() == 2,
+        "shop's replicas: {:?}",
+        t.nodes[0]
+    );
+    let out = left_out(&s.routes);
+    let who: Vec<(&str, &str)> = out
+        .iter()
+        .map(|l| (l.domain.as_str(), l.stack.as_str()))
+        .collect();
+    assert_eq!(
+        who,
+        vec![("GuestBook.test", "shop"), ("guestbook.test", "guestbook")]
+    );
+    assert!(
+        out[0]
+            .reason
+            .contains("also claimed by node web of stack guestbook"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn a_route_committed_in_mixed_case_alone_is_served_in_lower_case() {
+    let mut s = cluster();
+    deploy_routes(&mut s, "shop", &["Shop.Test"]);
+    let t = table(&s.routes, &s.stacks, &|_, _| true);
+    assert_eq!(t.nodes.len(), 1, "{t:?}");
+    assert_eq!(t.nodes[0].domains, ["shop.test"]);
+    assert!(left_out(&s.routes).is_empty());
+}

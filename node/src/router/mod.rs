@@ -19,4 +19,4 @@ pub mod render;
 pub(crate) mod testing;
 
 pub use process::{Applied, Nginx, RouterError, StopOnDrop};
-pub use render::{render, RenderError, RouterSpec, Site};
+pub use render::{admit, render, Admitted, LeftOut, RenderError, Rendered, RouterSpec, Site};

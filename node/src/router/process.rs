@@ -347,7 +347,7 @@ mod tests {
                 upstreams: vec![],
             }],
         };
-        let conf = render(&spec).expect("render");
+        let conf = render(&spec).conf;
         assert_eq!(nginx.0.apply(&conf).expect("start"), Applied::Started);
         let pid = nginx.0.pid().expect("running");
         let page = get(listen, "t.test");
@@ -357,7 +357,7 @@ mod tests {
 
         assert_eq!(nginx.0.apply(&conf).expect("same"), Applied::Unchanged);
         spec.sites[0].upstreams = vec![backend_addr];
-        let conf = render(&spec).expect("render");
+        let conf = render(&spec).conf;
         assert_eq!(nginx.0.apply(&conf).expect("reload"), Applied::Reloaded);
         assert_eq!(nginx.0.pid(), Some(pid), "a reload keeps the master");
         let page = get(listen, "t.test");

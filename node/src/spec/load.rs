@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use super::{parse, Diagnostic, Diagnostics, Facts, StackFile, FILE_NAME};
+use super::{limits, parse, Diagnostic, Diagnostics, Facts, StackFile, FILE_NAME};
 
 /// Why a stack directory could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -72,14 +72,40 @@ pub fn load_with(
     facts: &dyn Facts,
 ) -> Result<(StackFile, Vec<Diagnostic>), LoadError> {
     let path = dir.join(FILE_NAME);
-    let text = match fs::read_to_string(&path) {
-        Ok(t) => t,
+    let file = path.display().to_string();
+    let text = match read_bounded(&path) {
+        Ok(Ok(t)) => t,
+        Ok(Err(size)) => {
+            let fault = limits::too_large(&file, size);
+            return Err(LoadError::Invalid(Diagnostics(vec![fault])));
+        }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             return Err(LoadError::NoFile(dir.to_path_buf()))
         }
         Err(source) => return Err(LoadError::Io { path, source }),
     };
-    parse(&path.display().to_string(), &text, default_name, facts).map_err(LoadError::Invalid)
+    parse(&file, &text, default_name, facts).map_err(LoadError::Invalid)
+}
+
+/// Read a quarry.yml of at most [`limits::MAX_FILE_BYTES`]; a larger one is `Ok(Err(size))`,
+/// told from its metadata before anything is read (and, for a file that grows meanwhile or a
+/// pipe, from reading one byte past the limit, never more).
+fn read_bounded(path: &Path) -> io::Result<Result<String, usize>> {
+    use std::io::Read;
+    let f = fs::File::open(path)?;
+    let size = f.metadata()?.len();
+    if size > limits::MAX_FILE_BYTES as u64 {
+        return Ok(Err(usize::try_from(size).unwrap_or(usize::MAX)));
+    }
+    let mut buf = Vec::with_capacity(size as usize);
+    f.take(limits::MAX_FILE_BYTES as u64 + 1)
+        .read_to_end(&mut buf)?;
+    if buf.len() > limits::MAX_FILE_BYTES {
+        return Ok(Err(buf.len()));
+    }
+    String::from_utf8(buf)
+        .map(Ok)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
 /// The directory's name, lower-cased, as a stack name.

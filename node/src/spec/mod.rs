@@ -6,8 +6,15 @@
 //! with file, line, column and a hint. Never a panic, never a partial result. [`load`] is the
 //! thin I/O shell that reads a directory.
 //!
+//! The reader is bounded ([`limits`]): a file above 1 MiB ([`limits::MAX_FILE_BYTES`]) is one
+//! fault at 1:1 naming its size and the limit, found before the file is read; a document nested
+//! more than 64 deep ([`limits::MAX_DEPTH`]) is a fault where the 65th level opens, found on
+//! the event stream before anything recurses; an env value above 64 KiB
+//! ([`limits::MAX_ENV_VALUE_BYTES`]) is a fault at the value.
+//!
 //! The format is documented in `docs/quarry-yml.md`.
 
+pub mod limits;
 mod load;
 pub mod positions;
 pub mod units;

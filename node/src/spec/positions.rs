@@ -5,11 +5,19 @@
 //! parser marks every event, so one pass over the events records, for each path
 //! (`nodes.web.scale`), where its key and its value start. It also sees duplicate keys, which
 //! serde_yaml refuses with a position on the enclosing mapping only.
+//!
+//! The same pass bounds the nesting depth ([`MAX_DEPTH`]): it pulls events one at a time from
+//! the parser (yaml-rust2's own `Parser::load` recurses once per level, so a file of 100,000
+//! nested lists overflowed the stack), and stops at the first collection nested deeper than the
+//! limit. Nothing downstream (serde_yaml's tree, the walk of the validator) ever sees a deeper
+//! document.
 
 use std::collections::HashMap;
 
-use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
+use yaml_rust2::parser::{Event, Parser};
 use yaml_rust2::scanner::Marker;
+
+use super::limits::MAX_DEPTH;
 
 /// One step of a path: a mapping key or a sequence index.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -59,16 +67,59 @@ pub struct Positions {
     values: HashMap<Vec<Seg>, Pos>,
     /// Duplicate keys, in document order.
     pub duplicates: Vec<Duplicate>,
+    /// Where yaml-rust2 found a syntax error, and its words: the document was indexed up to
+    /// there only, and no tree of it may be built (its depth is unknown past that point).
+    pub syntax_error: Option<(Pos, String)>,
+}
+
+/// A document nested deeper than [`MAX_DEPTH`]: where the first collection too deep opens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooDeep {
+    /// Where it opens.
+    pub at: Pos,
 }
 
 impl Positions {
-    /// Index `text`. Syntax errors are left to serde_yaml, so a document yaml-rust2 cannot read
-    /// yields whatever was indexed before the error.
-    pub fn index(text: &str) -> Positions {
+    /// Index the first document of `text`, refusing one nested deeper than [`MAX_DEPTH`].
+    /// Syntax errors are left to serde_yaml, so a document yaml-rust2 cannot read yields
+    /// whatever was indexed before the error.
+    pub fn index(text: &str) -> Result<Positions, TooDeep> {
         let mut b = Builder::default();
-        // An Err here is a syntax error: serde_yaml reports it with its position.
-        let _ = Parser::new_from_str(text).load(&mut b, false);
-        b.out
+        let mut parser = Parser::new_from_str(text);
+        let mut depth = Depth::default();
+        loop {
+            let (ev, mark) = match parser.next_token() {
+                Ok(e) => e,
+                Err(e) => {
+                    let at = Pos::from(*e.marker());
+                    // The scanner's own bound on flow nesting (256 levels, met while looking
+                    // ahead for a key, before the parser emits the 65th level).
+                    if e.info().contains("recursion limit") {
+                        return Err(TooDeep { at });
+                    }
+                    b.out.syntax_error = Some((at, e.info().to_owned()));
+                    break;
+                }
+            };
+            let deep = match ev {
+                Event::SequenceStart(anchor, _) | Event::MappingStart(anchor, _) => {
+                    !depth.open(anchor)
+                }
+                Event::Alias(anchor) => !depth.alias(anchor),
+                Event::SequenceEnd | Event::MappingEnd => {
+                    depth.close();
+                    false
+                }
+                // One document, as serde_yaml reads (it refuses a second one itself).
+                Event::DocumentEnd | Event::StreamEnd => break,
+                _ => false,
+            };
+            if deep {
+                return Err(TooDeep { at: mark.into() });
+            }
+            b.on_event(ev, mark);
+        }
+        Ok(b.out)
     }
 
     /// Where the value at `path` starts; for a missing path, the nearest ancestor that exists.
@@ -87,6 +138,47 @@ impl Positions {
             .find_map(|n| map.get(&path[..n]).or_else(|| self.values.get(&path[..n])))
             .copied()
             .unwrap_or(Pos { line: 1, col: 1 })
+    }
+}
+
+/// The nesting depth as serde_yaml will see it, aliases expanded: an alias is as deep as the
+/// collection it names.
+#[derive(Debug, Default)]
+struct Depth {
+    /// The open collections: (anchor id or 0, the deepest level in it, itself counted).
+    open: Vec<(usize, usize)>,
+    /// The depth of each anchored collection read so far.
+    anchored: HashMap<usize, usize>,
+}
+
+impl Depth {
+    /// A collection opens; false when it is deeper than [`MAX_DEPTH`].
+    fn open(&mut self, anchor: usize) -> bool {
+        self.open.push((anchor, 1));
+        self.open.len() <= MAX_DEPTH
+    }
+
+    fn close(&mut self) {
+        if let Some((anchor, deepest)) = self.open.pop() {
+            if anchor > 0 {
+                self.anchored.insert(anchor, deepest);
+            }
+            self.child(deepest);
+        }
+    }
+
+    /// A child `depth` levels deep sits in the innermost open collection.
+    fn child(&mut self, depth: usize) {
+        if let Some((_, deepest)) = self.open.last_mut() {
+            *deepest = (*deepest).max(depth + 1);
+        }
+    }
+
+    /// An alias; false when its expansion would be deeper than [`MAX_DEPTH`].
+    fn alias(&mut self, anchor: usize) -> bool {
+        let depth = self.anchored.get(&anchor).copied().unwrap_or(0);
+        self.child(depth);
+        self.open.len() + depth <= MAX_DEPTH
     }
 }
 
@@ -214,7 +306,7 @@ impl Builder {
     }
 }
 
-impl MarkedEventReceiver for Builder {
+impl Builder {
     fn on_event(&mut self, ev: Event, mark: Marker) {
         let pos = Pos::from(mark);
         match ev {
@@ -245,7 +337,7 @@ mod tests {
     #[test]
     fn keys_and_values_are_found_by_path() {
         let text = "name: x\nnodes:\n  web:\n    ports: [80, 81]\n    scale: 2\n  kv:\n    tags:\n      - a\n";
-        let p = Positions::index(text);
+        let p = Positions::index(text).expect("shallow");
         assert_eq!(p.key(&[k("name")]), Pos { line: 1, col: 1 });
         assert_eq!(p.value(&[k("name")]), Pos { line: 1, col: 7 });
         assert_eq!(p.key(&[k("nodes"), k("web")]), Pos { line: 3, col: 3 });
@@ -272,7 +364,7 @@ mod tests {
 
     #[test]
     fn duplicate_keys_are_reported_with_both_positions() {
-        let p = Positions::index("nodes:\n  web: {}\n  web: {}\n");
+        let p = Positions::index("nodes:\n  web: {}\n  web: {}\n").expect("shallow");
         assert_eq!(p.duplicates.len(), 1);
         let d = &p.duplicates[0];
         assert_eq!(d.key, "web");

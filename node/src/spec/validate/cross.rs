@@ -1,18 +1,19 @@
 //! Checks that look across nodes: references to services, env overriding injected
-//! addresses, memory against the largest server.
+//! addresses, memory against the largest server, a domain listed twice.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::{did_you_mean, key, with, Draft, Walker};
-use crate::spec::positions::Pos;
+use crate::spec::positions::{Pos, Seg};
 use crate::spec::units::{format_size, human_size};
 use crate::spec::{references, Attr, Facts, NodeSpec};
 use crate::types::Kind;
 
 impl Walker<'_> {
     /// Checks that look across nodes: references to services, env overriding injected
-    /// addresses, memory against the largest server.
+    /// addresses, memory against the largest server, a domain listed twice.
     pub(super) fn cross_checks(&mut self, drafts: &[Draft], facts: &dyn Facts) {
+        self.domains_once(drafts);
         let services: BTreeMap<&str, &NodeSpec> = drafts
             .iter()
             .filter(|d| d.spec.kind == Kind::Service)
@@ -83,6 +84,33 @@ impl Walker<'_> {
                             human_size(max)
                         )),
                     );
+                }
+            }
+        }
+    }
+
+    /// Each domain once in the stack (the drafts' domains are lower case already, so
+    /// `Shop.test` and `shop.test` are the same domain).
+    fn domains_once(&mut self, drafts: &[Draft]) {
+        let mut seen: BTreeMap<&str, (&str, Pos)> = BTreeMap::new();
+        for d in drafts {
+            for (i, dom) in d.spec.domains.iter().enumerate() {
+                let at = self
+                    .pos
+                    .value(&with(&with(&d.path, key("domains")), Seg::Index(i)));
+                match seen.get(dom.as_str()) {
+                    Some((node, first)) => self.error(
+                        at,
+                        format!(
+                            "domain {dom:?} is listed twice: node {node:?} has it at line {}, \
+                             column {} (domains are case-insensitive)",
+                            first.line, first.col
+                        ),
+                        Some("a domain routes to one node: remove one of the two".to_owned()),
+                    ),
+                    None => {
+                        seen.insert(dom, (&d.spec.name, at));
+                    }
                 }
             }
         }

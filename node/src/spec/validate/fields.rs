@@ -51,6 +51,14 @@ impl Walker<'_> {
                     continue;
                 }
             };
+            if let Err(e) = crate::spec::limits::check_env_value(k, &s) {
+                self.error(
+                    self.pos.value(&p),
+                    e.to_string(),
+                    Some("env is for settings; read large data from a file".to_owned()),
+                );
+                continue;
+            }
             out.insert(k.to_owned(), s);
         }
         out

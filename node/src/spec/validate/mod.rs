@@ -13,6 +13,7 @@ use serde_yaml::{Mapping, Value};
 mod cross;
 mod fields;
 
+use super::limits;
 use super::positions::{Pos, Positions, Seg};
 use super::{Diagnostic, Diagnostics, Facts, NodeSpec, Severity, StackFile, DEFAULT_MEMORY};
 use crate::types::{Health, ImageSource, Kind, Probe};
@@ -32,7 +33,13 @@ pub fn parse(
     default_name: &str,
     facts: &dyn Facts,
 ) -> Result<(StackFile, Vec<Diagnostic>), Diagnostics> {
-    let pos = Positions::index(text);
+    if let Err(d) = limits::check_text(file, text.len()) {
+        return Err(Diagnostics(vec![d]));
+    }
+    let pos = match Positions::index(text) {
+        Ok(p) => p,
+        Err(deep) => return Err(Diagnostics(vec![limits::too_deep(file, deep)])),
+    };
     let mut w = Walker {
         file,
         lines: text.lines().collect(),
@@ -53,9 +60,34 @@ pub fn parse(
             Some("each name may appear once; rename or merge the two".to_owned()),
         );
     }
-    let root: Value = match serde_yaml::from_str(text) {
+    // Only a document yaml-rust2 read whole (so no deeper than MAX_DEPTH) becomes a tree:
+    // serde_yaml's tree recurses once per level. Of one it could not read, serde_yaml reports
+    // the syntax error (its words are the better ones) without building a tree: ignoring a
+    // value walks its events in a loop.
+    let parsed = match &pos.syntax_error {
+        None => serde_yaml::from_str::<Value>(text).map_err(Some),
+        Some(_) => match serde_yaml::from_str::<serde::de::IgnoredAny>(text) {
+            Err(e) => Err(Some(e)),
+            Ok(_) => Err(None),
+        },
+    };
+    let root: Value = match parsed {
         Ok(v) => v,
-        Err(e) => {
+        // The two parsers disagree: yaml-rust2's error, then.
+        Err(None) => {
+            if let Some((at, msg)) = pos.syntax_error.clone() {
+                w.error(
+                    at,
+                    format!("invalid YAML: {msg}"),
+                    Some(
+                        "check the indentation and the brackets and quotes around this point"
+                            .to_owned(),
+                    ),
+                );
+            }
+            return Err(Diagnostics(w.diags));
+        }
+        Err(Some(e)) => {
             if w.diags.is_empty() {
                 let at = e
                     .location()
@@ -566,12 +598,23 @@ impl Walker<'_> {
         }
         if let Some(d) = &domains {
             for (i, dom) in d.iter().enumerate() {
+                let at = self
+                    .pos
+                    .value(&with(&with(path, key("domains")), Seg::Index(i)));
                 if !valid_domain(dom) {
                     self.error(
-                        self.pos
-                            .value(&with(&with(path, key("domains")), Seg::Index(i))),
+                        at,
                         format!("{dom:?} is not a domain name"),
                         Some("for example `app.example.com`".to_owned()),
+                    );
+                } else if dom.bytes().any(|b| b.is_ascii_uppercase()) {
+                    self.warn(
+                        at,
+                        format!(
+                            "domain {dom:?} is routed as {:?}: domain names are case-insensitive",
+                            dom.to_ascii_lowercase()
+                        ),
+                        Some("write it in lower case".to_owned()),
                     );
                 }
             }
@@ -624,7 +667,13 @@ impl Walker<'_> {
             ports,
             memory,
             scale,
-            domains: domains.unwrap_or_default(),
+            // Lower case: DNS names are case-insensitive, and one spelling of each lets
+            // every later comparison (the cluster's routes, the router) be a plain one.
+            domains: domains
+                .unwrap_or_default()
+                .iter()
+                .map(|d| d.to_ascii_lowercase())
+                .collect(),
             health,
             tags,
         })
