@@ -4,7 +4,8 @@
 //! A round: ReadIndex (the view is fresh, or the round only probes and reports) -> the
 //! engine's quarry containers -> per known stack, [`reconcile::diff`] -> fetch missing images
 //! in the background -> [`Converger::start_now`] -> stop what is not desired -> probe ->
-//! report. Rounds run every [`ROUND`], and at once when this server applies a new entry.
+//! report. Rounds run every [`ROUND`], and at once when this server applies a new entry (Raft's
+//! watch of the applied index wakes it; nothing polls).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -132,21 +133,17 @@ impl Launch {
     /// The reconciler of this server: runs until the process ends.
     pub async fn serve(self: Arc<Self>) {
         let mut memory = Memory::default();
-        let mut applied = 0u64;
+        let mut raft = self.cluster.handle().watch();
         loop {
+            // The applied index the round's view is read at (or after).
+            let seen = raft.borrow_and_update().applied;
             let busy = self.round(&mut memory).await;
-            // Wait for the next round, or for a new entry applied here.
-            let until = Instant::now() + if busy { BUSY_ROUND } else { ROUND };
-            while Instant::now() < until {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                match self.cluster.handle().status().await {
-                    Ok(s) if s.applied != applied => {
-                        applied = s.applied;
-                        break;
-                    }
-                    Ok(_) => {}
-                    Err(_) => return, // Raft stopped
-                }
+            // Wait for the next round, or for a new entry applied here (at once if one was
+            // applied during the round): woken by Raft's watch, not a poll.
+            let pause = if busy { BUSY_ROUND } else { ROUND };
+            tokio::select! {
+                r = raft.wait_for(|n| n.applied != seen) => if r.is_err() { return }, // Raft stopped
+                _ = tokio::time::sleep(pause) => {}
             }
         }
     }
@@ -419,13 +416,8 @@ impl Launch {
         req: LaunchRequest,
         limit: Duration,
     ) -> Result<LaunchAnswer, String> {
-        let status = self
-            .cluster
-            .handle()
-            .status()
-            .await
-            .map_err(|e| e.to_string())?;
-        let leader = status.leader.ok_or("no leader")?;
+        let leader = self.cluster.handle().watch().borrow().leader;
+        let leader = leader.ok_or("no leader")?;
         self.ask(&self.cluster.name_of(leader), req, limit).await
     }
 }
