@@ -1,8 +1,9 @@
 //! Every server's reconciler: the placed containers that name it, converged on its engine,
 //! their health probed from the host, and a report to the leader, every round.
 //!
-//! A round: ReadIndex (the view is fresh, or the round only probes and reports) -> the
-//! engine's quarry containers -> per known stack, [`reconcile::diff`] -> fetch missing images
+//! A round: the engine's quarry containers -> ReadIndex (the view is fresh, or the round
+//! only probes and reports; a round whose last confirmed view is unchanged here and wants
+//! nothing done skips it) -> per known stack, [`reconcile::diff`] -> fetch missing images
 //! in the background -> [`Converger::start_now`] -> stop what is not desired -> probe ->
 //! report. Rounds run every [`ROUND`], and at once when this server applies a new entry (Raft's
 //! watch of the applied index wakes it; nothing polls).
@@ -116,9 +117,21 @@ impl Probed {
     }
 }
 
+/// Whether `view` wants anything done on this server's engine, given what it runs.
+fn wants_action(view: &View, observed: &BTreeMap<String, Vec<ObservedContainer>>) -> bool {
+    view.stacks.iter().any(|stack| {
+        let desired: &[DesiredContainer] = if stack.disabled { &[] } else { &stack.mine };
+        let obs = observed.get(&stack.name).map(Vec::as_slice).unwrap_or(&[]);
+        let d = reconcile::diff(desired, obs);
+        !d.create.is_empty() || !d.replace.is_empty() || !d.start.is_empty() || !d.remove.is_empty()
+    })
+}
+
 /// What the reconciler keeps between rounds.
 #[derive(Debug, Default)]
 struct Memory {
+    /// The last view confirmed with ReadIndex, and the applied index noted before the read.
+    view: Option<(u64, View)>,
     /// Container id -> its probes.
     probes: BTreeMap<String, Probed>,
     /// Networks known to exist.
@@ -167,17 +180,6 @@ impl Launch {
                 return false;
             }
         };
-        let who = me.clone();
-        let view = tokio::time::timeout(
-            READ_LIMIT,
-            self.cluster
-                .handle()
-                .read(move |m: &crate::cluster::ClusterMachine| view_of(&m.state, &who)),
-        )
-        .await
-        .ok()
-        .and_then(Result::ok)
-        .filter(|v| v.known);
         let mut observed = match containers::observe_all(&engine).await {
             Ok(o) => o,
             Err(e) => {
@@ -187,8 +189,37 @@ impl Launch {
                 return false;
             }
         };
+        // The last confirmed view, if this server applied nothing since it was read and it
+        // wants nothing done here: then this round acts on nothing, so it needs no ReadIndex.
+        // Anything to do (a container to create, start, replace or remove) is done only on a
+        // view confirmed this round.
+        let applied = self.cluster.handle().watch().borrow().applied;
+        let quiet = memory
+            .view
+            .as_ref()
+            .filter(|(at, v)| *at == applied && !wants_action(v, &observed))
+            .map(|(_, v)| v.clone());
+        let confirmed = quiet.is_none();
+        let view = match quiet {
+            Some(v) => Some(v),
+            None => {
+                let who = me.clone();
+                let read = tokio::time::timeout(
+                    READ_LIMIT,
+                    self.cluster
+                        .handle()
+                        .read(move |m: &crate::cluster::ClusterMachine| view_of(&m.state, &who)),
+                )
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .filter(|v| v.known);
+                memory.view = read.clone().map(|v| (applied, v));
+                read
+            }
+        };
         let mut acted = false;
-        if let Some(view) = &view {
+        if let Some(view) = view.as_ref().filter(|_| confirmed) {
             report.fresh = true;
             for stack in &view.stacks {
                 let obs = observed.get(&stack.name).cloned().unwrap_or_default();
