@@ -6,7 +6,7 @@ use std::fmt;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::codec;
 use crate::machine::{IdempotencyKey, Proposal, StateMachine};
@@ -90,6 +90,18 @@ pub struct Status {
     pub progress: BTreeMap<u64, PeerProgress>,
 }
 
+/// What a node publishes on its watch ([`Handle::watch`]) whenever it changes: after an entry
+/// is applied, and when the role, the leader or the term changes. A task that needs to act on
+/// a commit or on leadership waits on it instead of polling [`Handle::status`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NodeState {
+    /// The applied index (every entry, empty and configuration ones included).
+    pub applied: u64,
+    pub role: Role,
+    pub leader: Option<u64>,
+    pub term: u64,
+}
+
 /// Counters of a node's storage since it started: how well writes are batched.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stats {
@@ -103,6 +115,7 @@ pub struct Stats {
 pub struct Handle<S: StateMachine> {
     id: u64,
     tx: mpsc::Sender<Request<S>>,
+    state: watch::Receiver<NodeState>,
     /// A backstop above the node's own request timeout.
     wait: Duration,
 }
@@ -112,6 +125,7 @@ impl<S: StateMachine> Clone for Handle<S> {
         Handle {
             id: self.id,
             tx: self.tx.clone(),
+            state: self.state.clone(),
             wait: self.wait,
         }
     }
@@ -124,8 +138,25 @@ impl<S: StateMachine> fmt::Debug for Handle<S> {
 }
 
 impl<S: StateMachine> Handle<S> {
-    pub(crate) fn new(id: u64, tx: mpsc::Sender<Request<S>>, wait: Duration) -> Self {
-        Handle { id, tx, wait }
+    pub(crate) fn new(
+        id: u64,
+        tx: mpsc::Sender<Request<S>>,
+        state: watch::Receiver<NodeState>,
+        wait: Duration,
+    ) -> Self {
+        Handle {
+            id,
+            tx,
+            state,
+            wait,
+        }
+    }
+
+    /// A receiver of the node's applied index, role, leader and term (see [`NodeState`]): it
+    /// sees a change only when one of them changed, never on a bare tick. Once the node has
+    /// stopped, `changed()` fails.
+    pub fn watch(&self) -> watch::Receiver<NodeState> {
+        self.state.clone()
     }
 
     /// The node's id.

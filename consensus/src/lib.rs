@@ -36,6 +36,10 @@
 //! 4. `advance()`: record the `LightReady`'s commit index, send its messages, apply its
 //!    committed entries, `advance_apply_to(applied)`; compact if the log grew long.
 //!
+//! Then it publishes the applied index, role, leader and term on the node's watch
+//! ([`Handle::watch`], a [`NodeState`]) if one of them changed, so tasks that act on commits
+//! or on leadership wake when they change instead of polling [`Handle::status`].
+//!
 //! Where one commit's time goes (`benches/commit.rs`, 1 proposer, 3 nodes in one process on
 //! loopback, 2 shared cores; p50 per stage, timed on every hop): the follower's log write,
 //! about 160 µs — one append + `fdatasync`, which alone takes about one 4 KiB fsync
@@ -150,6 +154,6 @@ pub mod tcp;
 pub mod transport;
 
 pub use error::{ClientError, NodeError};
-pub use handle::{Handle, MemberChange, PeerProgress, Role, Stats, Status};
+pub use handle::{Handle, MemberChange, NodeState, PeerProgress, Role, Stats, Status};
 pub use machine::{IdempotencyKey, MachineError, StateMachine};
 pub use node::{start, NodeConfig, NodeTask, ReadMode};

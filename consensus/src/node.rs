@@ -12,12 +12,14 @@ use raft::{RawNode, ReadOnlyOption, SnapshotStatus, StateRole};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use slog::Drain;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::codec;
-use crate::handle::{Handle, Membership, PeerProgress, ReadFn, Request, Role, Stats, Status};
+use crate::handle::{
+    Handle, Membership, NodeState, PeerProgress, ReadFn, Request, Role, Stats, Status,
+};
 use crate::machine::{Replica, StateMachine};
 use crate::membership;
 use crate::storage::{DiskStorage, StorageOptions, StoreError};
@@ -159,8 +161,9 @@ pub fn start<S: StateMachine, T: Transport>(
     let logger = slog::Logger::root(slog_stdlog::StdLog.fuse(), slog::o!("raft" => cfg.id));
     let raw = RawNode::new(&rc, storage, &logger)?;
     let (tx, rx) = mpsc::channel(1024);
-    let handle = Handle::new(cfg.id, tx, cfg.request_timeout + cfg.tick * 2);
     replica.applied = snap_index;
+    let (published, state) = watch::channel(node_state(&raw, snap_index));
+    let handle = Handle::new(cfg.id, tx, state, cfg.request_timeout + cfg.tick * 2);
     let runner = Runner {
         raw,
         replica,
@@ -172,6 +175,7 @@ pub fn start<S: StateMachine, T: Transport>(
         reads_ready: Vec::new(),
         member_wait: None,
         transfer_wait: None,
+        published,
         read_nonce: nonce_rng.random(),
         next_read: 0,
         cfg,
@@ -194,6 +198,8 @@ struct Runner<S: StateMachine, T> {
     reads_ready: Vec<(u64, ReadWait<S>)>,
     member_wait: Option<MemberWait>,
     transfer_wait: Option<TransferWait>,
+    /// The applied index, role, leader and term, as last published.
+    published: watch::Sender<NodeState>,
     /// Distinguishes this incarnation's read ids from a previous one's late answers.
     read_nonce: u64,
     next_read: u64,
@@ -214,6 +220,26 @@ fn blocking<R>(f: impl FnOnce() -> R) -> R {
 fn multi_thread() -> bool {
     use tokio::runtime::{Handle, RuntimeFlavor};
     Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread)
+}
+
+/// What the node's watch says now.
+fn node_state(raw: &RawNode<DiskStorage>, applied: u64) -> NodeState {
+    let r = &raw.raft;
+    NodeState {
+        applied,
+        role: role_of(r.state),
+        leader: (r.leader_id != 0).then_some(r.leader_id),
+        term: r.term,
+    }
+}
+
+fn role_of(s: StateRole) -> Role {
+    match s {
+        StateRole::Leader => Role::Leader,
+        StateRole::Candidate => Role::Candidate,
+        StateRole::PreCandidate => Role::PreCandidate,
+        StateRole::Follower => Role::Follower,
+    }
 }
 
 /// How many queued messages or requests one wake-up takes before handling `Ready`.
@@ -255,6 +281,7 @@ impl<S: StateMachine, T: Transport> Runner<S, T> {
             }
             self.handle_ready().await?;
             self.check_transfer();
+            self.publish();
         }
         self.raw.mut_store().flush()?;
         Ok(())
@@ -405,6 +432,16 @@ impl<S: StateMachine, T: Transport> Runner<S, T> {
         Ok((self.raw.raft.raft_log.last_index(), self.raw.raft.term))
     }
 
+    /// Publish the applied index, role, leader and term if one of them changed.
+    fn publish(&self) {
+        let now = node_state(&self.raw, self.replica.applied);
+        self.published.send_if_modified(|s| {
+            let changed = *s != now;
+            *s = now;
+            changed
+        });
+    }
+
     fn status(&self) -> Status {
         let r = &self.raw.raft;
         let (voters, learners) = membership::members(&r.prs().conf().to_conf_state());
@@ -426,12 +463,7 @@ impl<S: StateMachine, T: Transport> Runner<S, T> {
         };
         Status {
             id: self.cfg.id,
-            role: match r.state {
-                StateRole::Leader => Role::Leader,
-                StateRole::Candidate => Role::Candidate,
-                StateRole::PreCandidate => Role::PreCandidate,
-                StateRole::Follower => Role::Follower,
-            },
+            role: role_of(r.state),
             leader: (r.leader_id != 0).then_some(r.leader_id),
             term: r.term,
             commit: r.raft_log.committed,

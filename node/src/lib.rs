@@ -20,6 +20,7 @@
 //! [`gossip`] (chitchat over a sealed UDP transport: liveness), [`hosts`] (the
 //! managed /etc/hosts block: a pure renderer and its writer).
 
+pub mod answers;
 pub mod api;
 pub mod build;
 pub mod bulk;

@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::grid::{DrainReport, Grid, GridError, GridOptions, PlaceOutcome};
 use crate::rpc::join::Member;
+pub use crate::rpc::join::ServerRecord;
 use crate::source::SourceHash;
 use crate::spec::StackFile;
 use crate::types::{DesiredContainer, ServerId, SliceId, SliceSpec, StackState};
@@ -35,15 +36,6 @@ pub use super::stacks::{check_stack_name, StackChange};
 
 /// The Raft id of the server that founded the cluster.
 pub const FOUNDER_RAFT_ID: u64 = 1;
-
-/// A server of the cluster: its Raft id and what it told about itself.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ServerRecord {
-    /// Its Raft id (never reused).
-    pub raft_id: u64,
-    /// Name, addresses, ports, hostname, memory, tags, settings.
-    pub member: Member,
-}
 
 /// A stack as the cluster holds it.
 ///
@@ -435,18 +427,7 @@ pub enum Refusal {
 
 /// Whether a server name is acceptable: 1 to 63 of `A-Z a-z 0-9 - _ .`.
 pub fn check_server_name(name: &str) -> Result<(), Refusal> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
-    if ok {
-        Ok(())
-    } else {
-        Err(Refusal::Invalid(format!(
-            "server name {name:?}: use 1 to 63 letters, digits, '-', '_' or '.'"
-        )))
-    }
+    crate::rpc::join::check_server_name(name).map_err(Refusal::Invalid)
 }
 
 /// Whether an env variable name is acceptable (`[A-Za-z_][A-Za-z0-9_]*`).

@@ -5,7 +5,9 @@
 //!   (`heal.rs`: logged and recorded in the state), and keeps one grid block per server
 //!   ([`grid_ops_for`]), each a committed command carrying the grid version it was computed
 //!   on. Woken by admissions and by changes of the server list, and every
-//!   [`RECONCILE_EVERY`] (a learner catching up is noticed by polling).
+//!   [`RECONCILE_EVERY`] (a learner catching up is noticed by polling Raft's local status);
+//!   the grid is read (ReadIndex) only when the server list changed or a step failed, and
+//!   every few seconds.
 //! - [`keep_record`]: makes this server's record say what its config says (the founder's first
 //!   record, with the initial global env; later, new addresses, ports, memory or tags).
 //! - [`follow_servers`]: keeps the transport's address book and the peers file in step with
@@ -28,6 +30,8 @@ use crate::types::ServerId;
 
 /// How often the leader looks again without being woken.
 pub const RECONCILE_EVERY: Duration = Duration::from_millis(250);
+/// How often the grid blocks are checked against the servers without a change of the list.
+const GRID_EVERY: Duration = Duration::from_secs(5);
 
 /// The grid operations that give every server a block and no block a missing server. Pure.
 pub fn grid_ops_for(servers: &BTreeMap<String, ServerRecord>, grid: &Grid) -> Vec<GridOp> {
@@ -132,20 +136,27 @@ async fn record_replacement(c: &Cluster, r: super::state::VoterReplacement) {
     }
 }
 
-async fn grid_step(c: &Cluster) {
+/// One look at the grid blocks; whether it is settled (nothing to do, or done).
+async fn grid_step(c: &Cluster) -> bool {
     let computed = c
         .read(|s: &ClusterState| (s.grid.version(), grid_ops_for(&s.servers, &s.grid)))
         .await;
-    let Ok((version, ops)) = computed else { return };
+    let Ok((version, ops)) = computed else {
+        return false;
+    };
     if ops.is_empty() {
-        return;
+        return true;
     }
     match c.write(Command::Grid { version, ops }).await {
-        Ok(_) => tracing::info!("grid blocks follow the servers (was version {version})"),
-        Err(ClusterError::Refused(Refusal::StaleGrid { .. })) => {
-            c.wake.notify_one(); // computed on an old grid: look again
+        Ok(_) => {
+            tracing::info!("grid blocks follow the servers (was version {version})");
+            true
         }
-        Err(e) => tracing::warn!("grid blocks not updated: {e}"),
+        Err(ClusterError::Refused(Refusal::StaleGrid { .. })) => false, // look again
+        Err(e) => {
+            tracing::warn!("grid blocks not updated: {e}");
+            false
+        }
     }
 }
 
@@ -154,18 +165,33 @@ async fn grid_step(c: &Cluster) {
 pub async fn reconcile(c: Arc<Cluster>, heal_grace: Duration) {
     let mut servers = c.servers_watch();
     let mut heal = Heal::new(heal_grace);
+    // The grid blocks follow the server list: checked (a ReadIndex) when it changed, when
+    // woken, after a failed step, and every GRID_EVERY, not on every tick.
+    let mut grid_due = true;
+    let mut grid_checked = tokio::time::Instant::now();
     loop {
         match c.handle().status().await {
             Ok(status) if status.role == Role::Leader => {
                 membership_step(&c, &status, &mut heal).await;
-                grid_step(&c).await;
+                if grid_due || grid_checked.elapsed() >= GRID_EVERY {
+                    grid_due = !grid_step(&c).await;
+                    grid_checked = tokio::time::Instant::now();
+                }
             }
-            Ok(_) => heal.clear(),
+            Ok(_) => {
+                heal.clear();
+                grid_due = true;
+            }
             Err(_) => return,
         }
         tokio::select! {
-            _ = c.wake.notified() => {}
-            r = servers.changed() => if r.is_err() { return },
+            _ = c.wake.notified() => grid_due = true,
+            r = servers.changed() => {
+                if r.is_err() {
+                    return;
+                }
+                grid_due = true;
+            }
             _ = tokio::time::sleep(RECONCILE_EVERY) => {}
         }
     }

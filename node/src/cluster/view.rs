@@ -1,4 +1,5 @@
-//! The cluster as the HTTP API sees it ([`ClusterView`] for [`Cluster`]).
+//! The cluster as the HTTP API shows it: status, servers, grid and env views of [`Cluster`]
+//! (the API's `ClusterView` for a cluster is in `api/cluster.rs`).
 //!
 //! Liveness comes from the answering server's own gossip view. `servers` is a linearizable
 //! read; when no leader answers it falls back to the server list as last applied here (with a
@@ -7,30 +8,13 @@
 use quarry_consensus::Role;
 
 use super::node::{Cluster, ClusterError};
-use super::state::{ClusterState, Command, Refusal};
-use crate::api::{
-    ApiFailure, ClusterView, EnvChange, EnvView, GossipOnly, GossipStatus, GossipView, GridView,
-    RaftStatus, ServerEntry, Servers, Status,
+use super::state::{ClusterState, Command};
+use crate::answers::{
+    EnvChange, EnvView, GossipOnly, GossipStatus, GossipView, GridView, RaftStatus, ServerEntry,
+    Servers, Status,
 };
 use crate::gossip::member::{LiveState, Liveness, ServerLiveness};
-use crate::rpc::server::BoxFuture;
 use crate::types::ServerId;
-
-impl From<ClusterError> for ApiFailure {
-    fn from(e: ClusterError) -> Self {
-        let status = match &e {
-            ClusterError::Refused(Refusal::UnknownServer(_)) => 404,
-            ClusterError::Refused(Refusal::Invalid(_)) => 400,
-            ClusterError::Refused(_) => 409,
-            ClusterError::NoLeader { .. } | ClusterError::LeaderUnreachable { .. } => 503,
-            ClusterError::Stopped | ClusterError::Failed(_) => 500,
-        };
-        ApiFailure {
-            status,
-            message: e.to_string(),
-        }
-    }
-}
 
 fn role_name(r: Role) -> &'static str {
     match r {
@@ -206,56 +190,40 @@ impl Cluster {
     }
 }
 
-impl ClusterView for Cluster {
-    fn name(&self) -> String {
-        self.me().name
+impl Cluster {
+    /// Remove a server (a write), and wake the leader's reconciler to take it out of Raft.
+    pub async fn remove_server(&self, name: String) -> Result<(), ClusterError> {
+        self.write(Command::RemoveServer { name }).await?;
+        self.wake.notify_one();
+        Ok(())
     }
 
-    fn status(&self) -> BoxFuture<'_, Status> {
-        Box::pin(self.status_view())
+    /// The grid with its version (linearizable).
+    pub async fn grid_view(&self) -> Result<GridView, ClusterError> {
+        let grid = self.read(|s: &ClusterState| s.grid.state().clone()).await?;
+        Ok(GridView { grid })
     }
 
-    fn servers(&self) -> BoxFuture<'_, Result<Servers, ApiFailure>> {
-        Box::pin(async move { Ok(self.servers_view().await?) })
-    }
-
-    fn remove_server(&self, name: String) -> BoxFuture<'_, Result<(), ApiFailure>> {
-        Box::pin(async move {
-            self.write(Command::RemoveServer { name }).await?;
-            self.wake.notify_one();
-            Ok(())
-        })
-    }
-
-    fn grid(&self) -> BoxFuture<'_, Result<GridView, ApiFailure>> {
-        Box::pin(async move {
-            let grid = self.read(|s: &ClusterState| s.grid.state().clone()).await?;
-            Ok(GridView { grid })
-        })
-    }
-
-    fn env(&self, stack: Option<String>) -> BoxFuture<'_, Result<EnvView, ApiFailure>> {
-        Box::pin(async move {
-            let which = stack.clone();
-            let env = self
-                .read(move |s: &ClusterState| match &which {
-                    None => s.env.clone(),
-                    Some(st) => s.stacks.get(st).map(|r| r.env.clone()).unwrap_or_default(),
-                })
-                .await?;
-            Ok(EnvView { stack, env })
-        })
-    }
-
-    fn set_env(&self, change: EnvChange) -> BoxFuture<'_, Result<(), ApiFailure>> {
-        Box::pin(async move {
-            self.write(Command::SetEnv {
-                stack: change.stack,
-                set: change.set,
-                unset: change.unset,
+    /// The global env, or a stack's (linearizable).
+    pub async fn env_view(&self, stack: Option<String>) -> Result<EnvView, ClusterError> {
+        let which = stack.clone();
+        let env = self
+            .read(move |s: &ClusterState| match &which {
+                None => s.env.clone(),
+                Some(st) => s.stacks.get(st).map(|r| r.env.clone()).unwrap_or_default(),
             })
             .await?;
-            Ok(())
+        Ok(EnvView { stack, env })
+    }
+
+    /// Set and unset env variables (a write).
+    pub async fn set_env(&self, change: EnvChange) -> Result<(), ClusterError> {
+        self.write(Command::SetEnv {
+            stack: change.stack,
+            set: change.set,
+            unset: change.unset,
         })
+        .await?;
+        Ok(())
     }
 }

@@ -22,11 +22,10 @@ use super::{DaemonError, Secrets};
 use crate::cluster::{Cluster, GossipLink};
 use crate::config::Config;
 use crate::gossip::member::{GossipControl, GossipMember, MemberOptions};
-use crate::gossip::record::{next_generation, ServerRecord, StatusSummary};
+use crate::gossip::record::{next_generation, ServerRecord};
 use crate::gossip::seal::SealKey;
 use crate::gossip::transport::SealedTransport;
 use crate::rpc::join::Member;
-use crate::types::ServerId;
 
 /// How often [`follow`] looks at the Raft role without a change of the server list.
 const FOLLOW_EVERY: Duration = Duration::from_secs(1);
@@ -34,25 +33,6 @@ const FOLLOW_EVERY: Duration = Duration::from_secs(1);
 /// The gossip cluster id of the cluster whose CA has this digest.
 pub fn cluster_id(ca_digest: &crate::pki::CaDigest) -> String {
     format!("quarry-{}", &ca_digest.to_string()[..16])
-}
-
-/// The record `me` publishes.
-fn record_of(me: &Member, raft_id: u64, generation: u64, role: Option<String>) -> ServerRecord {
-    ServerRecord {
-        name: ServerId(me.name.clone()),
-        address: me.address,
-        api_port: me.api_port,
-        rpc_port: me.rpc_port,
-        gossip_port: me.gossip_port,
-        memory: me.memory,
-        tags: me.tags.clone(),
-        raft_id: Some(raft_id),
-        generation,
-        status: StatusSummary {
-            raft_role: role,
-            ..StatusSummary::default()
-        },
-    }
 }
 
 /// Start the member for `me` (whose `gossip_port` is set to the port actually bound).
@@ -88,7 +68,7 @@ pub(super) async fn start(
     let stats = transport.stats();
     let forget_after = cfg.gossip_forget_after().map_err(DaemonError::Invalid)?;
     let member = GossipMember::start_with(
-        record_of(me, raft_id, generation, None),
+        ServerRecord::of(me, raft_id, generation, None),
         &cluster_id,
         key,
         listen,
@@ -137,7 +117,7 @@ pub(super) async fn follow(c: Arc<Cluster>, control: GossipControl, generation: 
         } else {
             format!("{:?}", status.role).to_lowercase()
         };
-        let record = record_of(&c.me(), c.raft_id(), generation, Some(role));
+        let record = ServerRecord::of(&c.me(), c.raft_id(), generation, Some(role));
         if published.as_ref() != Some(&record) {
             match control.set_record(&record) {
                 Ok(()) => published = Some(record),

@@ -10,6 +10,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::rpc::join::Member;
 use crate::types::ServerId;
 
 /// The chitchat key holding a server's record.
@@ -28,7 +29,11 @@ pub struct StatusSummary {
     pub memory_reserved: u64,
 }
 
-/// A server's published record.
+/// A server's published record: what gossip carries of the cluster's record of it
+/// ([`crate::rpc::join::ServerRecord`]: name, address, ports, memory, tags, Raft id; built
+/// from its [`Member`] by [`ServerRecord::of`], the one conversion), plus its boot generation
+/// and a status summary. JSON, so a field added later (with `#[serde(default)]`) is ignored
+/// by older servers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServerRecord {
     /// The server's name (also its host name in the hosts block).
@@ -73,6 +78,26 @@ pub enum RecordError {
 }
 
 impl ServerRecord {
+    /// The record server `me` (Raft id `raft_id`) publishes in boot `generation`, with its
+    /// Raft `role` if it runs Raft.
+    pub fn of(me: &Member, raft_id: u64, generation: u64, role: Option<String>) -> ServerRecord {
+        ServerRecord {
+            name: ServerId(me.name.clone()),
+            address: me.address,
+            api_port: me.api_port,
+            rpc_port: me.rpc_port,
+            gossip_port: me.gossip_port,
+            memory: me.memory,
+            tags: me.tags.clone(),
+            raft_id: Some(raft_id),
+            generation,
+            status: StatusSummary {
+                raft_role: role,
+                ..StatusSummary::default()
+            },
+        }
+    }
+
     /// The value published under [`RECORD_KEY`], or why it is refused.
     pub fn encode(&self) -> Result<String, RecordError> {
         let text = serde_json::to_string(self)?;

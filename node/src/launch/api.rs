@@ -134,7 +134,7 @@ impl ClusterView for Launch {
     }
 
     fn remove_server(&self, name: String) -> BoxFuture<'_, Result<(), ApiFailure>> {
-        self.cluster.remove_server(name)
+        ClusterView::remove_server(&*self.cluster, name)
     }
 
     fn grid(&self) -> BoxFuture<'_, Result<GridView, ApiFailure>> {
@@ -146,7 +146,7 @@ impl ClusterView for Launch {
     }
 
     fn set_env(&self, change: EnvChange) -> BoxFuture<'_, Result<(), ApiFailure>> {
-        self.cluster.set_env(change)
+        ClusterView::set_env(&*self.cluster, change)
     }
 
     fn deploy(

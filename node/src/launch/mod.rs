@@ -240,7 +240,7 @@ impl Launch {
     }
 
     async fn is_leader(&self) -> bool {
-        matches!(self.cluster.handle().status().await, Ok(s) if s.role == Role::Leader)
+        self.cluster.handle().watch().borrow().role == Role::Leader
     }
 
     fn addr_of(&self, server: &str) -> Option<SocketAddr> {

@@ -1,4 +1,5 @@
-//! The leader's background work, every [`TICK`]: the routers' table (computed by
+//! The leader's background work, every [`TICK`] and whenever this server applies an entry
+//! (Raft's watch): the routers' table (computed by
 //! [`routing::table`] from the committed routes and the servers' reports, pushed to every
 //! server tagged `router`, acknowledged once nginx serves it), and each stack's rollout
 //! ([`routing::verdict`]): retire the replaced replicas once the new ones are ready and every
@@ -7,6 +8,11 @@
 //! A new leader has no reports: it pushes no table and judges no rollout before it has led
 //! for [`WARM_UP`] (every live server reports each second), so a leader change never sends
 //! the routers an empty table. All of this is soft state, rebuilt by the next leader.
+//!
+//! The committed state is read (ReadIndex) only when this server applied an entry since the
+//! last read; a tick with nothing due (every router has the table, nothing rolls out) asks
+//! Raft nothing, and one that acts on a view it did not read this tick confirms its
+//! leadership with ReadIndex first.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -48,13 +54,18 @@ impl Launch {
     /// The leader's background work (see the module docs). Runs until the process ends; acts
     /// only while this server leads.
     pub async fn lead(self: Arc<Self>) {
+        let mut raft = self.cluster.handle().watch();
+        // The state as read (ReadIndex) at the applied index noted before the read: read again
+        // only once this server applied something since, never cloned on an idle tick.
+        let mut copy: Option<(u64, Arc<ClusterState>)> = None;
         loop {
-            tokio::time::sleep(TICK).await;
-            let status = match self.cluster.handle().status().await {
-                Ok(s) => s,
-                Err(_) => return,
-            };
-            if status.role != Role::Leader {
+            tokio::select! {
+                r = raft.changed() => if r.is_err() { return }, // Raft stopped
+                _ = tokio::time::sleep(TICK) => {}
+            }
+            let now = *raft.borrow_and_update();
+            if now.role != Role::Leader {
+                copy = None;
                 if lock(&self.leader.since).take().is_some() {
                     lock(&self.leader.routers).clear();
                     lock(&self.leader.watched).clear();
@@ -65,19 +76,50 @@ impl Launch {
             if since.elapsed() < WARM_UP {
                 continue;
             }
-            let state = match self.cluster.read(|s: &ClusterState| s.clone()).await {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::debug!("lead: {e}");
-                    continue;
+            let fresh = copy.as_ref().is_some_and(|(at, _)| *at == now.applied);
+            if !fresh {
+                match self.cluster.read(|s: &ClusterState| s.clone()).await {
+                    Ok(s) => copy = Some((now.applied, Arc::new(s))),
+                    Err(e) => {
+                        tracing::debug!("lead: {e}");
+                        continue;
+                    }
                 }
+            }
+            let Some((_, state)) = copy.clone() else {
+                continue;
             };
             let table = self.route_table(&state);
-            self.push_routes(&state, status.term, &table);
+            let rolling = state.stacks.values().any(|r| !r.retiring.is_empty());
+            if !self.pushes_due(&state, &table) && !rolling {
+                continue; // nothing to act on: no need to confirm the view
+            }
+            // About to act on a view not read this round: confirm leadership first.
+            if fresh {
+                if let Err(e) = self.cluster.read(|_: &ClusterState| ()).await {
+                    tracing::debug!("lead: not confirmed: {e}");
+                    continue;
+                }
+            }
+            self.push_routes(&state, now.term, &table);
             if let Err(e) = self.rollouts(&state, since).await {
                 tracing::debug!("rollout: {e}");
             }
         }
+    }
+
+    /// Whether some router is due `table` (not acknowledged lately, no push in flight).
+    fn pushes_due(&self, state: &ClusterState, table: &RouteTable) -> bool {
+        let acks = lock(&self.leader.routers);
+        routers(state).iter().any(|r| {
+            acks.get(r).is_none_or(|ack| {
+                let fresh = ack
+                    .acked
+                    .as_ref()
+                    .is_some_and(|(at, t)| t == table && at.elapsed() < REFRESH);
+                !ack.pushing && !fresh
+            })
+        })
     }
 
     /// The routers' table now.

@@ -1,11 +1,13 @@
 //! Every server's reconciler: the placed containers that name it, converged on its engine,
 //! their health probed from the host, and a report to the leader, every round.
 //!
-//! A round: ReadIndex (the view is fresh, or the round only probes and reports) -> the
-//! engine's quarry containers this cluster made ([`crate::docker::origin`]: never a `quarry
-//! start`'s, whatever their stack's name) -> per known stack, [`reconcile::diff`] -> fetch missing images
+//! A round: the engine's quarry containers this cluster made ([`crate::docker::origin`]:
+//! never a `quarry start`'s, whatever their stack's name) -> ReadIndex (the view is fresh, or
+//! the round only probes and reports; a round whose last confirmed view is unchanged here and
+//! wants nothing done skips it) -> per known stack, [`reconcile::diff`] -> fetch missing images
 //! in the background -> [`Converger::start_now`] -> stop what is not desired -> probe ->
-//! report. Rounds run every [`ROUND`], and at once when this server applies a new entry.
+//! report. Rounds run every [`ROUND`], and at once when this server applies a new entry (Raft's
+//! watch of the applied index wakes it; nothing polls).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -116,9 +118,21 @@ impl Probed {
     }
 }
 
+/// Whether `view` wants anything done on this server's engine, given what it runs.
+fn wants_action(view: &View, observed: &BTreeMap<String, Vec<ObservedContainer>>) -> bool {
+    view.stacks.iter().any(|stack| {
+        let desired: &[DesiredContainer] = if stack.disabled { &[] } else { &stack.mine };
+        let obs = observed.get(&stack.name).map(Vec::as_slice).unwrap_or(&[]);
+        let d = reconcile::diff(desired, obs);
+        !d.create.is_empty() || !d.replace.is_empty() || !d.start.is_empty() || !d.remove.is_empty()
+    })
+}
+
 /// What the reconciler keeps between rounds.
 #[derive(Debug, Default)]
 struct Memory {
+    /// The last view confirmed with ReadIndex, and the applied index noted before the read.
+    view: Option<(u64, View)>,
     /// Container id -> its probes.
     probes: BTreeMap<String, Probed>,
     /// Networks known to exist.
@@ -133,21 +147,17 @@ impl Launch {
     /// The reconciler of this server: runs until the process ends.
     pub async fn serve(self: Arc<Self>) {
         let mut memory = Memory::default();
-        let mut applied = 0u64;
+        let mut raft = self.cluster.handle().watch();
         loop {
+            // The applied index the round's view is read at (or after).
+            let seen = raft.borrow_and_update().applied;
             let busy = self.round(&mut memory).await;
-            // Wait for the next round, or for a new entry applied here.
-            let until = Instant::now() + if busy { BUSY_ROUND } else { ROUND };
-            while Instant::now() < until {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                match self.cluster.handle().status().await {
-                    Ok(s) if s.applied != applied => {
-                        applied = s.applied;
-                        break;
-                    }
-                    Ok(_) => {}
-                    Err(_) => return, // Raft stopped
-                }
+            // Wait for the next round, or for a new entry applied here (at once if one was
+            // applied during the round): woken by Raft's watch, not a poll.
+            let pause = if busy { BUSY_ROUND } else { ROUND };
+            tokio::select! {
+                r = raft.wait_for(|n| n.applied != seen) => if r.is_err() { return }, // Raft stopped
+                _ = tokio::time::sleep(pause) => {}
             }
         }
     }
@@ -171,17 +181,6 @@ impl Launch {
                 return false;
             }
         };
-        let who = me.clone();
-        let view = tokio::time::timeout(
-            READ_LIMIT,
-            self.cluster
-                .handle()
-                .read(move |m: &crate::cluster::ClusterMachine| view_of(&m.state, &who)),
-        )
-        .await
-        .ok()
-        .and_then(Result::ok)
-        .filter(|v| v.known);
         let origin = self.origin();
         let mut observed = match containers::observe_all(&engine, &origin).await {
             Ok(o) => o,
@@ -192,8 +191,37 @@ impl Launch {
                 return false;
             }
         };
+        // The last confirmed view, if this server applied nothing since it was read and it
+        // wants nothing done here: then this round acts on nothing, so it needs no ReadIndex.
+        // Anything to do (a container to create, start, replace or remove) is done only on a
+        // view confirmed this round.
+        let applied = self.cluster.handle().watch().borrow().applied;
+        let quiet = memory
+            .view
+            .as_ref()
+            .filter(|(at, v)| *at == applied && !wants_action(v, &observed))
+            .map(|(_, v)| v.clone());
+        let confirmed = quiet.is_none();
+        let view = match quiet {
+            Some(v) => Some(v),
+            None => {
+                let who = me.clone();
+                let read = tokio::time::timeout(
+                    READ_LIMIT,
+                    self.cluster
+                        .handle()
+                        .read(move |m: &crate::cluster::ClusterMachine| view_of(&m.state, &who)),
+                )
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .filter(|v| v.known);
+                memory.view = read.clone().map(|v| (applied, v));
+                read
+            }
+        };
         let mut acted = false;
-        if let Some(view) = &view {
+        if let Some(view) = view.as_ref().filter(|_| confirmed) {
             report.fresh = true;
             for stack in &view.stacks {
                 let obs = observed.get(&stack.name).cloned().unwrap_or_default();
@@ -422,13 +450,8 @@ impl Launch {
         req: LaunchRequest,
         limit: Duration,
     ) -> Result<LaunchAnswer, String> {
-        let status = self
-            .cluster
-            .handle()
-            .status()
-            .await
-            .map_err(|e| e.to_string())?;
-        let leader = status.leader.ok_or("no leader")?;
+        let leader = self.cluster.handle().watch().borrow().leader;
+        let leader = leader.ok_or("no leader")?;
         self.ask(&self.cluster.name_of(leader), req, limit).await
     }
 }

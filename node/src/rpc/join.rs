@@ -16,7 +16,7 @@
 //! about the cluster. The joiner's key never leaves it (it sends a CSR). Every member receives
 //! the CA key and the join secret, so any member admits new servers and no server is special
 //! (as Docker Swarm's managers do); the admission itself is behind [`JoinAuthority`], which
-//! quarryd implements with the Raft-backed cluster (`crate::cluster`).
+//! quarryd implements with the Raft-backed cluster.
 //!
 //! Left out here: rotating the join secret or the CA.
 
@@ -29,7 +29,6 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::codec;
 use super::server::BoxFuture;
 use super::{client, Lane, RpcError};
-use crate::cluster::ServerRecord;
 use crate::pki::{self, ClusterCa, JoinToken};
 
 /// A server's settings that the leader needs to place containers on it.
@@ -74,6 +73,33 @@ impl Member {
     /// Where its RPC listens.
     pub fn rpc_addr(&self) -> SocketAddr {
         SocketAddr::new(self.address, self.rpc_port)
+    }
+}
+
+/// A server of the cluster: its Raft id and what it told about itself (the cluster's record
+/// of it, committed; the same bytes in the join answer).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerRecord {
+    /// Its Raft id (never reused).
+    pub raft_id: u64,
+    /// Name, addresses, ports, hostname, memory, tags, settings.
+    pub member: Member,
+}
+
+/// Whether a server name is acceptable (it is also a certificate's common name and a host
+/// name): why not, in words, if it is not.
+pub fn check_server_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "server name {name:?}: use 1 to 63 letters, digits, '-', '_' or '.'"
+        ))
     }
 }
 
@@ -200,7 +226,7 @@ impl JoinService {
             );
         }
         let name = req.member.name.clone();
-        crate::cluster::check_server_name(&name).map_err(|e| e.to_string())?;
+        check_server_name(&name)?;
         let cert_pem = self
             .ca
             .sign_csr(&req.csr_pem, &name)
