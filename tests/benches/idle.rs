@@ -47,22 +47,7 @@ const STACK: &str = "gb";
 
 /// The quarryd process of `h` (the spawned pid, or a descendant called quarryd).
 fn quarryd_pid(h: &Host) -> u32 {
-    let root = h.pid("quarryd").expect("quarryd pid");
-    let mut todo = vec![root];
-    while let Some(p) = todo.pop() {
-        let comm = std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
-        if comm.trim() == "quarryd" {
-            return p;
-        }
-        let children =
-            std::fs::read_to_string(format!("/proc/{p}/task/{p}/children")).unwrap_or_default();
-        todo.extend(
-            children
-                .split_whitespace()
-                .filter_map(|c| c.parse::<u32>().ok()),
-        );
-    }
-    panic!("no quarryd process under pid {root} on {}", h.name());
+    h.descendant_pid("quarryd", "quarryd").expect("quarryd pid")
 }
 
 /// The clock ticks per second of `/proc/PID/stat`'s times.

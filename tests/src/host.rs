@@ -372,6 +372,31 @@ impl Host {
         Ok(self.proc_mut(&mut procs, name)?.child.id())
     }
 
+    /// The pid of the process whose command is `comm` among process `name` and its
+    /// descendants (a spawned wrapper such as `ip netns exec` runs the real program as a
+    /// child), or an error naming what was searched.
+    pub fn descendant_pid(&self, name: &str, comm: &str) -> Result<u32> {
+        let root = self.pid(name)?;
+        let mut todo = vec![root];
+        while let Some(p) = todo.pop() {
+            let c = std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
+            if c.trim() == comm {
+                return Ok(p);
+            }
+            let children =
+                std::fs::read_to_string(format!("/proc/{p}/task/{p}/children")).unwrap_or_default();
+            todo.extend(
+                children
+                    .split_whitespace()
+                    .filter_map(|c| c.parse::<u32>().ok()),
+            );
+        }
+        Err(LabError::Invalid(format!(
+            "no {comm} process under pid {root} ({name} on {})",
+            self.name()
+        )))
+    }
+
     /// The whole log of process `name` (all its starts), for a failure message.
     pub fn log(&self, name: &str) -> String {
         let path = self.log_path(name);
