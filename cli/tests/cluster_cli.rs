@@ -16,6 +16,8 @@ fn config(dir: &Path, name: &str) -> Config {
     c.api_port = 0;
     c.rpc_port = 0;
     c.memory = Some("3G".to_owned());
+    // 32 MB free for a deploy, not the 1 GB default: a CI disk may be nearly full.
+    c.min_free_disk = "32M".to_owned();
     c.tags = vec!["router".to_owned()];
     // A router listens on a free loopback port, not on the host's port 80.
     c.router_listen = std::net::TcpListener::bind("127.0.0.1:0")

@@ -158,11 +158,7 @@ fn gossip_heals_the_quorum_keeps_hosts_and_shuts_rogues_and_replays_out() {
     let hosts: Vec<&Host> = lab.hosts().iter().collect();
     let mut report = Vec::new();
     for h in &hosts {
-        std::fs::write(
-            h.config_dir().join("quarryd.toml"),
-            "heal_grace = \"4s\"\ngossip_forget_after = \"5s\"\n",
-        )
-        .expect("quarryd.toml");
+        support::write_config(h, "heal_grace = \"4s\"\ngossip_forget_after = \"5s\"\n");
     }
 
     // 4 servers: h1 founds, h2..h4 join through h1; 3 voters and a learner.

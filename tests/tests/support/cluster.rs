@@ -48,8 +48,7 @@ impl Cluster {
             .expect("lab (needs root)");
         if let Some(r) = router {
             let h = lab.host(r);
-            std::fs::write(h.config_dir().join("quarryd.toml"), "tags = [\"router\"]\n")
-                .expect("router's quarryd.toml");
+            super::write_config(h, "tags = [\"router\"]\n");
         }
         let hosts: Vec<&Host> = lab.hosts().iter().collect();
         let (ok, out, err) = quarryd_in(hosts[0], &bin, &["init"]);

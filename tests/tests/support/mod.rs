@@ -67,9 +67,26 @@ pub fn quarry_bin() -> PathBuf {
     binary("quarry-cli", "quarry")
 }
 
-/// quarryd's flags for host `h`: its address, its own directories, no config file.
+/// What every lab server's quarryd.toml holds. The lab's data directories are on the machine's
+/// own disk, which a CI machine may have nearly full (292 MB free was seen): the lab asks a
+/// deploy for 32 MB free rather than the 1 GB default, so a test checks quarry and not the
+/// machine's disk. (The refusal itself is tested in `source::collect`.)
+pub const LAB_CONFIG: &str = "min_free_disk = \"32M\"\n";
+
+/// Write host `h`'s quarryd.toml: the lab's settings ([`LAB_CONFIG`]) and then `extra`.
+pub fn write_config(h: &Host, extra: &str) {
+    let path = h.config_dir().join("quarryd.toml");
+    std::fs::write(&path, format!("{LAB_CONFIG}{extra}"))
+        .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+}
+
+/// quarryd's flags for host `h`: its address, its own directories, and its quarryd.toml (the
+/// lab's settings unless a test wrote one with [`write_config`]).
 pub fn flags(h: &Host) -> Vec<String> {
     let d = h.dir();
+    if !h.config_dir().join("quarryd.toml").exists() {
+        write_config(h, "");
+    }
     vec![
         "--config".into(),
         h.config_dir().join("quarryd.toml").display().to_string(),
