@@ -15,6 +15,13 @@
 //! - The leader's host cut off mid-deploy: within 30 s exactly one revision is routed with as
 //!   many replicas as `scale`, or the deploy is reported failed with the previous revision
 //!   routed.
+//! - A second stack claiming the domain in other letters (`GuestBook.TEST`): refused at deploy
+//!   naming both stacks, while the domain keeps answering.
+//! - Untrusted input (issue 18): a bounded burst of malformed and oversized requests against
+//!   every server's API (with the token, and through the local socket) and RPC port
+//!   (`support::burst`): `quarry ps` answers on every server within 4 s throughout (the target
+//!   is 2 s), each quarryd's RSS stays under 2 × its idle RSS, no log shows a panic, and the
+//!   domain keeps answering through the router with zero failed requests.
 //!
 //! Where the router's table is read: the live nginx.conf (`<data>/router/conf/nginx.conf`),
 //! whose upstream lines name replicas' addresses, mapped to revisions by `quarry ps`.
@@ -31,6 +38,7 @@ use std::time::{Duration, Instant};
 
 use quarry_tests::{poll, Host};
 use serde_json::Value;
+use support::burst;
 use support::cluster::{example_copy, http_get_host, ps_rows, text, visit, Cluster};
 use support::secs;
 
@@ -362,6 +370,75 @@ fn the_router_serves_the_domain_and_deploys_switch_or_roll_back_with_zero_failed
     assert!(after.last_replica.starts_with("web-r2-"), "{after:?}");
     report.push(format!(
         "unhealthy deploy failed after {took:.1}s (stack revision {revision_before} -> {revision_after}), {} answers meanwhile, 0 failed, r2 still routed",
+        after.ok - before.ok
+    ));
+
+    // Another stack claiming the domain in other letters: refused at deploy, naming both
+    // stacks; the domain goes on answering from guestbook.
+    let rival = copy(&c, "rival", |d| {
+        let y = std::fs::read_to_string(d.join("quarry.yml")).expect("read quarry.yml");
+        let y = y
+            .replace("name: guestbook", "name: rival")
+            .replace("[guestbook.test]", "[GuestBook.TEST]");
+        std::fs::write(d.join("quarry.yml"), y).expect("write quarry.yml");
+    });
+    let before = client.tally();
+    let out = deploy(&c, hosts[1], &rival)
+        .wait_with_output()
+        .expect("deploy");
+    let said = text(&out);
+    assert!(
+        !out.status.success() && said.contains("rival") && said.contains("stack guestbook"),
+        "a second stack's claim on guestbook.test is refused naming both stacks: {said}"
+    );
+    let after = client.answers(&client.tally(), 5, &c);
+    no_failures("the rival's refused deploy", &before, &after);
+    report.push("a rival stack's GuestBook.TEST refused at deploy, naming both".to_owned());
+
+    // Untrusted input: a bounded burst against every server's API and RPC port.
+    let before = client.tally();
+    let w = burst::burst(&hosts, &c.cli, &c.token, &c.join_token, |h| {
+        h.descendant_pid("quarryd", "quarryd")
+            .unwrap_or_else(|e| c.fail(e))
+    });
+    let after = client.answers(&client.tally(), 5, &c);
+    eprintln!("burst: {w:?}");
+    no_failures("the burst", &before, &after);
+    assert!(
+        w.bad_answers.is_empty(),
+        "answers that are not a 4xx: {:?}",
+        w.bad_answers
+    );
+    for (name, worst, n) in &w.ps_worst {
+        // The target is 2 s; on these shared cores the test allows twice that.
+        assert!(
+            *n > 0 && *worst < Duration::from_secs(4),
+            "{name}: the slowest of {n} `quarry ps` during the burst took {worst:?} (or failed)"
+        );
+    }
+    for (name, idle, peak) in &w.rss {
+        assert!(
+            *peak < 2 * *idle,
+            "{name}: quarryd's RSS rose from {idle} KiB idle to {peak} KiB in the burst"
+        );
+    }
+    for h in &hosts {
+        let log = h.log("quarryd");
+        assert!(
+            h.is_running("quarryd").unwrap_or(false)
+                && !log.contains("panicked")
+                && !log.contains("stack overflow"),
+            "{}: quarryd died or panicked in the burst\n{}",
+            h.name(),
+            h.log_tail("quarryd", 40)
+        );
+    }
+    report.push(format!(
+        "burst of {} malformed or oversized requests and connections in {:.1}s: slowest ps {:?}, RSS idle -> peak {:?}, {} router answers meanwhile, 0 failed",
+        w.attacks,
+        w.took.as_secs_f64(),
+        w.ps_worst.iter().map(|(n, d, _)| format!("{n} {d:.2?}")).collect::<Vec<_>>(),
+        w.rss.iter().map(|(n, i, p)| format!("{n} {i}->{p} KiB")).collect::<Vec<_>>(),
         after.ok - before.ok
     ));
 

@@ -29,6 +29,8 @@ pub struct Cluster {
     pub cli: Cli,
     /// The admin token.
     pub token: String,
+    /// The join token `quarryd init` printed.
+    pub join_token: String,
     /// The host tagged `router` (1-based), if any.
     pub router: Option<usize>,
 }
@@ -102,6 +104,7 @@ impl Cluster {
             bin,
             cli,
             token,
+            join_token,
             router,
         }
     }
