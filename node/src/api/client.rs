@@ -41,7 +41,11 @@ impl std::str::FromStr for Endpoint {
         if rest.is_empty() || rest.contains('/') {
             return Err(format!("{s} is not http://HOST:PORT"));
         }
-        let with_port = if rest.contains(':') {
+        let bare = rest.trim_start_matches('[').trim_end_matches(']');
+        let with_port = if let Ok(ip) = bare.parse::<std::net::IpAddr>() {
+            // An IP alone: an IPv6 one needs its brackets before the port.
+            std::net::SocketAddr::new(ip, 7700).to_string()
+        } else if rest.contains(':') {
             rest.to_owned()
         } else {
             format!("{rest}:7700")
@@ -231,6 +235,21 @@ mod tests {
             Ok(Endpoint::Unix("/run/q.sock".into()))
         );
         assert!("ssh://quarry@h".parse::<Endpoint>().is_err());
+    }
+
+    #[test]
+    fn an_ipv6_endpoint_gets_its_brackets_and_the_default_port() {
+        for s in ["http://[fd00::1]", "fd00::1", "[fd00::1]"] {
+            assert_eq!(
+                s.parse(),
+                Ok(Endpoint::Tcp("[fd00::1]:7700".to_owned())),
+                "{s}"
+            );
+        }
+        assert_eq!(
+            "http://[fd00::1]:8000/".parse(),
+            Ok(Endpoint::Tcp("[fd00::1]:8000".to_owned()))
+        );
     }
 
     #[test]
