@@ -141,6 +141,22 @@ async fn a_json_body_above_the_limit_is_413_naming_its_size_and_the_limit() {
     )
     .await;
     assert_eq!(status, 413, "{text}");
+    // The CLI's client gets the 413 too (it writes the body while the server has answered).
+    let reply = quarry_node::api::client::request(
+        &quarry_node::api::client::Endpoint::Tcp(addr.to_string()),
+        "POST",
+        "/v1/env",
+        Some(&vec![b' '; 4 * MAX_JSON_BODY]),
+        Some(TOKEN),
+    )
+    .await
+    .expect("an answer, not a broken connection");
+    assert_eq!(
+        reply.status,
+        413,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
     // A body within the limit still goes through.
     let ok = br#"{"set": {"A": "1"}}"#.to_vec();
     let (status, text) = exchange(addr, post("/v1/env", Some(ok.len()), false), ok).await;

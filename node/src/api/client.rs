@@ -163,14 +163,24 @@ pub async fn request_with(
     })
 }
 
-async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
-    mut s: S,
-    req: &[u8],
-) -> std::io::Result<Vec<u8>> {
-    s.write_all(req).await?;
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(s: S, req: &[u8]) -> std::io::Result<Vec<u8>> {
+    // Written while the answer is read: a server refusing a body from its announced length
+    // (413) answers and closes before reading it, and the rest of the write then fails.
+    let (r, mut w) = tokio::io::split(s);
+    let mut r = r.take(16 << 20);
     let mut buf = Vec::new();
-    s.take(16 << 20).read_to_end(&mut buf).await?;
-    Ok(buf)
+    let (wrote, read) = tokio::join!(
+        async {
+            w.write_all(req).await?;
+            w.flush().await
+        },
+        r.read_to_end(&mut buf)
+    );
+    match (wrote, read) {
+        (_, Ok(_)) if !buf.is_empty() => Ok(buf),
+        (Err(e), _) | (Ok(()), Err(e)) => Err(e),
+        (Ok(()), Ok(_)) => Ok(buf),
+    }
 }
 
 fn parse(raw: &[u8]) -> Result<Reply, String> {
