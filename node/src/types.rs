@@ -126,6 +126,24 @@ pub struct Placement {
     pub host_ports: BTreeMap<u16, u16>,
 }
 
+impl Placement {
+    /// `host:port` for one of its ports, as a socket address is written ([`host_port`]).
+    pub fn address(&self, port: u16) -> String {
+        host_port(&self.host, port)
+    }
+}
+
+/// `host:port` as a socket address is written, so that it parses back: an IPv6 address in
+/// brackets (`[fd00::1]:20001`), an IPv4 address or a name as is (`10.0.0.1:20001`,
+/// `shop-kv-1:6379`). A plain `format!("{host}:{port}")` of an IPv6 host is ambiguous, and the
+/// router table cannot parse it.
+pub fn host_port(host: &str, port: u16) -> String {
+    match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => std::net::SocketAddr::new(ip, port).to_string(),
+        Err(_) => format!("{host}:{port}"),
+    }
+}
+
 /// How a container is run: an exec list, or a string run by `/bin/sh -c`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -319,4 +337,23 @@ pub struct StackState {
     pub name: String,
     /// Node name -> its state.
     pub nodes: BTreeMap<String, NodeState>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ipv6_placement_address_is_bracketed_and_parses_back() {
+        let p = Placement {
+            server: ServerId("h1".to_owned()),
+            host: "fd00::1".to_owned(),
+            ports: BTreeMap::new(),
+            host_ports: BTreeMap::new(),
+        };
+        assert_eq!(p.address(20001), "[fd00::1]:20001");
+        assert!(p.address(20001).parse::<std::net::SocketAddr>().is_ok());
+        assert_eq!(host_port("10.0.0.1", 80), "10.0.0.1:80");
+        assert_eq!(host_port("shop-kv-1", 6379), "shop-kv-1:6379");
+    }
 }

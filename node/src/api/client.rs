@@ -41,7 +41,11 @@ impl std::str::FromStr for Endpoint {
         if rest.is_empty() || rest.contains('/') {
             return Err(format!("{s} is not http://HOST:PORT"));
         }
-        let with_port = if rest.contains(':') {
+        let bare = rest.trim_start_matches('[').trim_end_matches(']');
+        let with_port = if let Ok(ip) = bare.parse::<std::net::IpAddr>() {
+            // An IP alone: an IPv6 one needs its brackets before the port.
+            std::net::SocketAddr::new(ip, 7700).to_string()
+        } else if rest.contains(':') {
             rest.to_owned()
         } else {
             format!("{rest}:7700")
@@ -159,14 +163,24 @@ pub async fn request_with(
     })
 }
 
-async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
-    mut s: S,
-    req: &[u8],
-) -> std::io::Result<Vec<u8>> {
-    s.write_all(req).await?;
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(s: S, req: &[u8]) -> std::io::Result<Vec<u8>> {
+    // Written while the answer is read: a server refusing a body from its announced length
+    // (413) answers and closes before reading it, and the rest of the write then fails.
+    let (r, mut w) = tokio::io::split(s);
+    let mut r = r.take(16 << 20);
     let mut buf = Vec::new();
-    s.take(16 << 20).read_to_end(&mut buf).await?;
-    Ok(buf)
+    let (wrote, read) = tokio::join!(
+        async {
+            w.write_all(req).await?;
+            w.flush().await
+        },
+        r.read_to_end(&mut buf)
+    );
+    match (wrote, read) {
+        (_, Ok(_)) if !buf.is_empty() => Ok(buf),
+        (Err(e), _) | (Ok(()), Err(e)) => Err(e),
+        (Ok(()), Ok(_)) => Ok(buf),
+    }
 }
 
 fn parse(raw: &[u8]) -> Result<Reply, String> {
@@ -231,6 +245,21 @@ mod tests {
             Ok(Endpoint::Unix("/run/q.sock".into()))
         );
         assert!("ssh://quarry@h".parse::<Endpoint>().is_err());
+    }
+
+    #[test]
+    fn an_ipv6_endpoint_gets_its_brackets_and_the_default_port() {
+        for s in ["http://[fd00::1]", "fd00::1", "[fd00::1]"] {
+            assert_eq!(
+                s.parse(),
+                Ok(Endpoint::Tcp("[fd00::1]:7700".to_owned())),
+                "{s}"
+            );
+        }
+        assert_eq!(
+            "http://[fd00::1]:8000/".parse(),
+            Ok(Endpoint::Tcp("[fd00::1]:8000".to_owned()))
+        );
     }
 
     #[test]

@@ -28,6 +28,7 @@
 
 pub mod client;
 mod cluster;
+pub mod limits;
 
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
@@ -208,13 +209,29 @@ async fn env(State(v): View, Query(q): Query<StackQuery>) -> Response {
     answer(v.env(q.stack).await)
 }
 
-async fn set_env(
-    State(v): View,
-    body: Result<Json<EnvChange>, axum::extract::rejection::JsonRejection>,
-) -> Response {
-    match body {
-        Ok(Json(change)) => answer(v.set_env(change).await.map(|()| serde_json::json!({ "ok": true }))),
-        Err(e) => error(StatusCode::BAD_REQUEST, &format!("the body is not an env change ({{\"stack\": ..., \"set\": {{...}}, \"unset\": [...]}}): {e}")),
+/// A refused JSON body: its status, and for a body that is not JSON of the right shape,
+/// what shape was expected (`shape`).
+fn body_fault(f: limits::BodyFault, shape: &str) -> Response {
+    match f {
+        limits::BodyFault::NotJson(e) => error(
+            StatusCode::BAD_REQUEST,
+            &format!("the body is not {shape}: {e}"),
+        ),
+        other => error(other.status(), &other.to_string()),
+    }
+}
+
+async fn set_env(State(v): View, req: Request) -> Response {
+    match limits::json_body::<EnvChange>(req).await {
+        Ok(change) => answer(
+            v.set_env(change)
+                .await
+                .map(|()| serde_json::json!({ "ok": true })),
+        ),
+        Err(f) => body_fault(
+            f,
+            "an env change ({\"stack\": ..., \"set\": {...}, \"unset\": [...]})",
+        ),
     }
 }
 
@@ -253,17 +270,10 @@ async fn plan_inputs(State(v): View, UrlPath(name): UrlPath<String>) -> Response
     answer(v.plan_inputs(name).await)
 }
 
-async fn scale(
-    State(v): View,
-    UrlPath(name): UrlPath<String>,
-    body: Result<Json<ScaleRequest>, axum::extract::rejection::JsonRejection>,
-) -> Response {
-    match body {
-        Ok(Json(s)) => answer(v.scale(name, s).await),
-        Err(e) => error(
-            StatusCode::BAD_REQUEST,
-            &format!("the body is not a scale ({{\"node\": ..., \"replicas\": N}}): {e}"),
-        ),
+async fn scale(State(v): View, UrlPath(name): UrlPath<String>, req: Request) -> Response {
+    match limits::json_body::<ScaleRequest>(req).await {
+        Ok(s) => answer(v.scale(name, s).await),
+        Err(f) => body_fault(f, "a scale ({\"node\": ..., \"replicas\": N})"),
     }
 }
 
@@ -324,6 +334,8 @@ fn routes(view: Arc<dyn ClusterView>) -> Router {
                  /v1/ps",
             )
         })
+        // Any other body is bounded too; the upload's own limit above overrides this one.
+        .layer(axum::extract::DefaultBodyLimit::max(limits::MAX_JSON_BODY))
         .with_state(view)
 }
 

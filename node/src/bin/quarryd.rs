@@ -129,7 +129,13 @@ fn config(f: &Flags) -> anyhow::Result<Config> {
 }
 
 fn member_addr(addr: &str, default_port: u16) -> anyhow::Result<SocketAddr> {
-    let with_port = if addr.parse::<IpAddr>().is_ok() || !addr.contains(':') {
+    // An IP alone (`fd00::1`, `[fd00::1]`, `10.0.0.1`) takes the default port; an IPv6 one
+    // must then be written in brackets, which `format!("{addr}:{port}")` would not do.
+    let bare = addr.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = bare.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, default_port));
+    }
+    let with_port = if !addr.contains(':') {
         format!("{addr}:{default_port}")
     } else {
         addr.to_owned()
@@ -236,5 +242,22 @@ fn main() -> ExitCode {
             eprintln!("quarryd: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ipv6_member_address_without_a_port_takes_the_default_one() {
+        let want: SocketAddr = "[fd00::1]:7701".parse().expect("addr");
+        assert_eq!(member_addr("fd00::1", 7701).expect("bare"), want);
+        assert_eq!(member_addr("[fd00::1]", 7701).expect("brackets"), want);
+        assert_eq!(member_addr("[fd00::1]:7701", 1).expect("with port"), want);
+        assert_eq!(
+            member_addr("10.0.0.1", 7701).expect("v4"),
+            "10.0.0.1:7701".parse::<SocketAddr>().expect("addr")
+        );
     }
 }

@@ -143,6 +143,10 @@ impl ControlService {
         }
         match req {
             ControlRequest::Propose { key, command } => {
+                // The forwarder checked it too; a peer running other code may not have.
+                if let Err(e) = super::node::check_command(&command) {
+                    return ControlAnswer::Failed(e.to_string());
+                }
                 match c.handle().propose_with_key(key, command).await {
                     Ok(out) => ControlAnswer::Applied(out),
                     Err(ClientError::NotLeader { leader }) => ControlAnswer::NotLeader { leader },
@@ -175,13 +179,54 @@ pub enum AdmitError {
     Failed(String),
 }
 
+/// A Control lane request as it arrived. Decoded with the lane's own limit (its frame limit),
+/// not the 1 MiB of a hello: a forwarded command may be up to [`super::MAX_COMMAND`].
+pub(super) fn decode_request(bytes: &[u8]) -> Result<ControlRequest, codec::CodecError> {
+    codec::decode_control(bytes)
+}
+
 impl RequestHandler for ControlService {
     fn handle(&self, peer: String, request: Vec<u8>) -> BoxFuture<'_, Result<Vec<u8>, String>> {
         Box::pin(async move {
-            let req: ControlRequest = codec::decode(&request)
+            let req = decode_request(&request)
                 .map_err(|e| format!("undecodable control request from {peer}: {e}"))?;
             let answer = self.answer(peer, req).await;
             codec::encode(&answer).map_err(|e| e.to_string())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    #[test]
+    fn a_forwarded_command_of_2_mib_decodes_on_the_leader() {
+        // 2 MiB is under the command cap (4 MiB) but above the 1 MiB a hello may decode to:
+        // the leader refused every such forwarded write as undecodable.
+        let command = Command::SetEnv {
+            stack: Some("shop".to_owned()),
+            set: (0..32)
+                .map(|i| (format!("K{i}"), "v".repeat(64 << 10)))
+                .collect::<BTreeMap<_, _>>(),
+            unset: vec![],
+        };
+        let req = ControlRequest::Propose {
+            key: IdempotencyKey { client: 7, seq: 1 },
+            command,
+        };
+        let bytes = codec::encode(&req).expect("encode");
+        assert!(bytes.len() > 2 << 20, "{} bytes", bytes.len());
+        match decode_request(&bytes).expect("a 2 MiB forwarded command decodes") {
+            ControlRequest::Propose {
+                key,
+                command: Command::SetEnv { set, .. },
+            } => {
+                assert_eq!((key.client, set.len()), (7, 32));
+            }
+            other => panic!("decoded as {other:?}"),
+        }
     }
 }

@@ -78,7 +78,9 @@ use crate::rpc::server::BoxFuture;
 
 pub use control::{ControlAnswer, ControlRequest, ControlService, LeaderView, PeerHealth};
 pub use machine::{ClusterMachine, Replacements, ServerMap};
-pub use node::{Cluster, ClusterError, GossipLink, READ_DEADLINE, WRITE_DEADLINE};
+pub use node::{
+    check_command, Cluster, ClusterError, GossipLink, MAX_COMMAND, READ_DEADLINE, WRITE_DEADLINE,
+};
 pub use state::{
     check_env_key, check_server_name, check_stack_name, default_grid_options, ClusterState,
     Command, GridOp, GridResult, Outcome, Refusal, RouteTarget, ServerRecord, StackChange,

@@ -21,6 +21,47 @@ use crate::rpc::client::Requests;
 use crate::rpc::join::{Admission, Member};
 use crate::rpc::{codec, Dialer, Lane};
 
+/// The largest command this server proposes, encoded (4 MiB). Checked before a command is
+/// proposed or forwarded, because an entry above the Raft lane's frame limit
+/// ([`crate::rpc::codec::MAX_FRAME`], 16 MiB, which an append of several entries must also
+/// fit) could never be replicated, and replication would stall on it for good. A deploy of
+/// a large stack is a few hundred KB.
+pub const MAX_COMMAND: usize = 4 << 20;
+
+/// Refuse a command above [`MAX_COMMAND`] ([`ClusterError::TooLarge`]), counting its encoded
+/// size without encoding it.
+pub fn check_command(command: &Command) -> Result<(), ClusterError> {
+    let size = codec::encoded_len(command).map_err(|e| ClusterError::Failed(e.to_string()))?;
+    if size > MAX_COMMAND {
+        return Err(ClusterError::TooLarge {
+            what: command_name(command),
+            size,
+            limit: MAX_COMMAND,
+        });
+    }
+    Ok(())
+}
+
+/// What a command is, for a refusal (its `Debug` would print all of a 5 MB command).
+fn command_name(command: &Command) -> String {
+    match command {
+        Command::Found { .. } => "found",
+        Command::AddServer { .. } => "add-server",
+        Command::UpdateServer { .. } => "update-server",
+        Command::RemoveServer { .. } => "remove-server",
+        Command::Grid { .. } => "grid",
+        Command::SetEnv { .. } => "env",
+        Command::SetRoute { .. } => "route",
+        Command::RecordReplacement(_) => "record-replacement",
+        Command::Deploy(_) => "deploy",
+        Command::Scale(_) => "scale",
+        Command::Retire { .. } => "retire",
+        Command::Rollback { .. } => "rollback",
+        Command::SetStackEnabled { .. } => "enable/disable",
+    }
+    .to_owned()
+}
+
 /// How long a write keeps trying to reach a leader before it gives up.
 pub const WRITE_DEADLINE: Duration = Duration::from_secs(8);
 /// How long a read keeps trying.
@@ -64,6 +105,20 @@ pub enum ClusterError {
         leader: String,
         /// The last error.
         why: String,
+    },
+    /// The command is above [`MAX_COMMAND`], encoded: nothing was proposed.
+    #[error(
+        "the {what} command is {size} bytes encoded, above the limit of {limit} bytes \
+         (MAX_COMMAND); nothing was proposed: make the change smaller (fewer or smaller env \
+         values, a smaller stack)"
+    )]
+    TooLarge {
+        /// The command's kind.
+        what: String,
+        /// Its encoded size in bytes.
+        size: usize,
+        /// [`MAX_COMMAND`].
+        limit: usize,
     },
     /// This server's Raft has stopped.
     #[error("this server's Raft has stopped: restart quarryd (its log says why)")]
@@ -296,7 +351,7 @@ impl Cluster {
             .await
             .map_err(|_| format!("no answer from {addr} in {limit:?}"))??;
         lock(&self.control).insert(peer, conn);
-        codec::decode(&answer).map_err(|e| e.to_string())
+        codec::decode_control(&answer).map_err(|e| e.to_string())
     }
 
     fn take_session(&self) -> (u64, u64) {
@@ -314,6 +369,7 @@ impl Cluster {
     /// idempotency key, so it applies at most once) across leader changes until
     /// [`WRITE_DEADLINE`].
     pub async fn write(&self, command: Command) -> Result<Outcome, ClusterError> {
+        check_command(&command)?;
         let (client, seq) = self.take_session();
         let key = IdempotencyKey { client, seq };
         let r = self.submit(key, command).await;
@@ -545,5 +601,38 @@ impl Cluster {
             s.voters.into_iter().collect(),
             s.learners.into_iter().collect(),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn env_of(bytes: usize) -> Command {
+        Command::SetEnv {
+            stack: None,
+            set: BTreeMap::from([("BIG".to_owned(), "x".repeat(bytes))]),
+            unset: vec![],
+        }
+    }
+
+    #[test]
+    fn a_command_above_max_command_is_refused_naming_its_size_and_the_limit() {
+        check_command(&env_of(MAX_COMMAND - 100)).expect("under the cap");
+        let e = check_command(&env_of(MAX_COMMAND + 1)).expect_err("above the cap");
+        let ClusterError::TooLarge { what, size, limit } = &e else {
+            panic!("not TooLarge: {e}");
+        };
+        let exact = codec::encode(&env_of(MAX_COMMAND + 1))
+            .expect("encode")
+            .len();
+        assert_eq!((what.as_str(), *size, *limit), ("env", exact, MAX_COMMAND));
+        let said = e.to_string();
+        assert!(
+            said.contains(&exact.to_string()) && said.contains(&MAX_COMMAND.to_string()),
+            "{said}"
+        );
     }
 }

@@ -38,6 +38,10 @@ pub(super) fn after_commit(
         Err(ClusterError::Refused(r)) => {
             AfterCommit::Failed(format!("{r}\nnothing was deployed or changed"))
         }
+        // Refused before it was proposed: as definite as a refusal by the state.
+        Err(e @ ClusterError::TooLarge { .. }) => {
+            AfterCommit::Failed(format!("{e}\nnothing was deployed or changed"))
+        }
         // Something was applied, just not what a deploy gives: never "nothing changed".
         Ok(other) => AfterCommit::Failed(format!(
             "the commit of revision {} of {} gave {other:?}: see `quarry stacks`",

@@ -131,7 +131,7 @@ impl Compiled {
                     .ports
                     .first()
                     .and_then(|port| p.host_ports.get(port))
-                    .map(|hp| format!("{}:{hp}", p.host));
+                    .map(|&hp| p.address(hp));
                 Some((d.container_name(), p.server.clone(), addr))
             })
             .collect()

@@ -279,8 +279,8 @@ impl Launch {
             },
             None => self.call_fresh(server, addr, &bytes, limit).await?,
         };
-        match codec::decode::<ControlAnswer>(&answer).map_err(|e| e.to_string())? {
-            ControlAnswer::Launch(Ok(b)) => codec::decode(&b).map_err(|e| e.to_string()),
+        match codec::decode_control::<ControlAnswer>(&answer).map_err(|e| e.to_string())? {
+            ControlAnswer::Launch(Ok(b)) => codec::decode_control(&b).map_err(|e| e.to_string()),
             ControlAnswer::Launch(Err(m)) | ControlAnswer::Failed(m) => Err(m),
             other => Err(format!("{server} answered {other:?}")),
         }
@@ -406,7 +406,7 @@ pub struct Handler(pub Arc<Launch>);
 impl RequestHandler for Handler {
     fn handle(&self, peer: String, request: Vec<u8>) -> BoxFuture<'_, Result<Vec<u8>, String>> {
         Box::pin(async move {
-            let req: LaunchRequest = codec::decode(&request)
+            let req: LaunchRequest = codec::decode_control(&request)
                 .map_err(|e| format!("undecodable launch request from {peer}: {e}"))?;
             let answer = self.0.answer(req).await;
             codec::encode(&answer).map_err(|e| e.to_string())

@@ -99,7 +99,7 @@ pub struct RoutesReport {
 pub fn main_address(d: &DesiredContainer) -> Option<String> {
     let p = d.placement.as_ref()?;
     let hp = p.host_ports.get(d.ports.first()?)?;
-    Some(format!("{}:{hp}", p.host))
+    Some(p.address(*hp))
 }
 
 /// The committed routes the routers can serve ([`crate::router::admit`]: domains in lower

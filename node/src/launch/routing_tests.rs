@@ -191,3 +191,22 @@ fn a_route_committed_in_mixed_case_alone_is_served_in_lower_case() {
     assert_eq!(t.nodes[0].domains, ["shop.test"]);
     assert!(left_out(&s.routes).is_empty());
 }
+
+#[test]
+fn an_ipv6_cluster_address_reaches_the_router_table() {
+    // An IPv6 address written `fd00::1:20001` did not parse: every upstream was left out.
+    let mut s = cluster();
+    for (i, r) in s.servers.values_mut().enumerate() {
+        r.member.address = format!("fd00::{}", i + 1).parse().expect("ip");
+    }
+    deploy(&mut s, &stack(EXAMPLE, "a"), &source(1));
+    let t = table(&s.routes, &s.stacks, &|_, _| true);
+    let spec = t.spec("[::]:80".parse().expect("listen"));
+    assert_eq!(spec.sites.len(), 1, "{t:?}");
+    assert_eq!(spec.sites[0].upstreams.len(), 2, "both web replicas: {t:?}");
+    assert!(
+        spec.sites[0].upstreams.iter().all(|a| a.is_ipv6()),
+        "{:?}",
+        spec.sites[0].upstreams
+    );
+}

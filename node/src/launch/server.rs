@@ -512,10 +512,8 @@ async fn probe_all(
             health,
             address: o.ports.first().and_then(|p| {
                 let hp = o.host_ports.get(p)?;
-                Some(format!(
-                    "{}:{hp}",
-                    o.publish_ip.unwrap_or(containers::PUBLISH_IP)
-                ))
+                let ip = o.publish_ip.unwrap_or(containers::PUBLISH_IP);
+                Some(std::net::SocketAddr::new(ip, *hp).to_string())
             }),
             image: o.image.clone(),
         });

@@ -37,7 +37,7 @@ impl Launch {
                 let server = p.map(|p| p.server.0.clone()).unwrap_or_default();
                 let address = p.and_then(|p| {
                     let hp = p.host_ports.get(d.ports.first()?)?;
-                    Some(format!("{}:{hp}", p.host))
+                    Some(p.address(*hp))
                 });
                 let retiring = rec.retiring.contains(&d.slice);
                 let fresh = reports.get(&server).filter(|(at, _)| at.elapsed() <= FRESH);

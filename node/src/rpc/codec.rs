@@ -19,6 +19,15 @@ pub const MAX_FRAME: u32 = 16 << 20;
 pub const MAX_BULK_FRAME: u32 = 64 << 20;
 /// The decode limit for a typed message (hello, join): far below a frame.
 const MAX_MESSAGE: usize = 1 << 20;
+/// The decode limit for a Control lane message ([`decode_control`]): the lane's frame limit,
+/// since a forwarded write carries a whole command (up to the cluster's command cap, 4 MiB)
+/// and a launch answer may be large; a frame cannot hold more anyway.
+pub const MAX_CONTROL_MESSAGE: usize = MAX_FRAME as usize;
+/// The largest frame from a peer that has not authenticated (the hello of every connection,
+/// and a joiner's request on the Join lane): 64 KiB. A hello is a few bytes and a join
+/// request a few KB (a CSR and a server's description), so a stranger announcing 16 MiB is
+/// refused from the four bytes of its length prefix.
+pub const MAX_PREAUTH_FRAME: u32 = 64 << 10;
 
 /// What went wrong reading or writing a frame.
 #[derive(Debug, thiserror::Error)]
@@ -59,7 +68,11 @@ pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, CodecError> {
 
 /// Decode a typed message, refusing one that would need more than 1 MB.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
-    let cfg = config().with_limit::<MAX_MESSAGE>();
+    decode_within::<T, MAX_MESSAGE>(bytes)
+}
+
+fn decode_within<T: DeserializeOwned, const LIMIT: usize>(bytes: &[u8]) -> Result<T, CodecError> {
+    let cfg = config().with_limit::<LIMIT>();
     let (v, used) = bincode::serde::decode_from_slice(bytes, cfg)
         .map_err(|e| CodecError::Decode(e.to_string()))?;
     if used != bytes.len() {
@@ -69,6 +82,20 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
         )));
     }
     Ok(v)
+}
+
+/// Decode a Control lane message (a forwarded command, a launch request or answer), refusing
+/// one that would need more than [`MAX_CONTROL_MESSAGE`].
+pub fn decode_control<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    decode_within::<T, MAX_CONTROL_MESSAGE>(bytes)
+}
+
+/// How many bytes [`encode`] would make of `msg`, counted without making them.
+pub fn encoded_len<T: Serialize>(msg: &T) -> Result<usize, CodecError> {
+    let mut count = bincode::enc::write::SizeWriter::default();
+    bincode::serde::encode_into_writer(msg, &mut count, config())
+        .map_err(|e| CodecError::Encode(e.to_string()))?;
+    Ok(count.bytes_written)
 }
 
 /// Write one frame.
@@ -116,7 +143,16 @@ pub async fn send<W: AsyncWrite + Unpin, T: Serialize>(
 
 /// Read a typed message from one frame; the end of the stream is an error here.
 pub async fn recv<R: AsyncRead + Unpin, T: DeserializeOwned>(r: &mut R) -> Result<T, CodecError> {
-    match read_frame(r, MAX_FRAME).await? {
+    recv_within(r, MAX_FRAME).await
+}
+
+/// [`recv`] with a frame of at most `limit` bytes (a peer that has not authenticated gets
+/// [`MAX_PREAUTH_FRAME`]).
+pub async fn recv_within<R: AsyncRead + Unpin, T: DeserializeOwned>(
+    r: &mut R,
+    limit: u32,
+) -> Result<T, CodecError> {
+    match read_frame(r, limit).await? {
         Some(b) => decode(&b),
         None => Err(CodecError::Io(std::io::Error::new(
             std::io::ErrorKind::UnexpectedEof,
@@ -183,6 +219,19 @@ mod tests {
         let v: (String, u32) = recv(&mut r).await.expect("recv");
         assert_eq!(v, ("hello".to_owned(), 7));
         assert!(read_frame(&mut r, MAX_FRAME).await.expect("eof").is_none());
+    }
+
+    #[test]
+    fn a_control_message_of_2_mib_decodes_and_encoded_len_counts_it() {
+        // A forwarded command is up to 4 MiB: the general 1 MiB decode limit refused it.
+        let big = vec![7u8; 2 << 20];
+        let bytes = encode(&big).expect("encode");
+        assert_eq!(encoded_len(&big).expect("len"), bytes.len());
+        assert!(
+            decode::<Vec<u8>>(&bytes).is_err(),
+            "above the general limit"
+        );
+        assert_eq!(decode_control::<Vec<u8>>(&bytes).expect("decodes"), big);
     }
 
     #[test]

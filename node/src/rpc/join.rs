@@ -200,11 +200,22 @@ impl JoinService {
         }
     }
 
+    /// Answer one joiner, whose request must come within `within` and fit in
+    /// [`codec::MAX_PREAUTH_FRAME`] (the joiner has no certificate yet).
     pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         &self,
         s: &mut S,
+        within: std::time::Duration,
     ) -> Result<(), RpcError> {
-        let req: JoinRequest = codec::recv(s).await?;
+        let req: JoinRequest =
+            tokio::time::timeout(within, codec::recv_within(s, codec::MAX_PREAUTH_FRAME))
+                .await
+                .map_err(|_| {
+                    codec::CodecError::Io(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("no join request within {within:?}"),
+                    ))
+                })??;
         let answer = self.answer(req).await;
         if let Err(why) = &answer {
             tracing::info!("join refused: {why}");
