@@ -11,7 +11,7 @@
 //! | target | what the server does with the bytes |
 //! | --- | --- |
 //! | `quarry_yml` | the leader's and the CLI's quarry.yml reader (`spec::parse`) |
-//! | `rpc_join` | the RPC listener before authentication: a hello frame, then a join request |
+//! | `rpc_join` | the RPC listener before authentication: a hello frame, then a join request, each at most 64 KiB |
 //! | `rpc_control` | the Control lane: a hello, a request frame (a forwarded command, a launch request) |
 //! | `rpc_raft` | the Raft lane: a hello, then frames of raft messages (protobuf) |
 //! | `rpc_bulk` | the Bulk lane: a hello, then a request dispatched by its magic (source, image) |
@@ -32,7 +32,7 @@ use quarry_node::cluster::{Command, ControlAnswer, ControlRequest};
 use quarry_node::gossip::record::ServerRecord;
 use quarry_node::gossip::seal::{self, SealKey};
 use quarry_node::launch::protocol::LaunchRequest;
-use quarry_node::rpc::codec::{self, CodecError, MAX_BULK_FRAME, MAX_FRAME};
+use quarry_node::rpc::codec::{self, CodecError, MAX_BULK_FRAME, MAX_FRAME, MAX_PREAUTH_FRAME};
 use quarry_node::rpc::join::{JoinRequest, Member, ServerSettings};
 use quarry_node::rpc::{Hello, Lane, PROTOCOL};
 
@@ -268,7 +268,8 @@ fn join_seeds() -> Vec<Vec<u8>> {
 }
 
 fn rpc_join(bytes: &[u8]) -> Outcome {
-    match lane_frames(bytes, MAX_FRAME) {
+    // A peer without a certificate: every frame within the pre-authentication limit.
+    match lane_frames(bytes, MAX_PREAUTH_FRAME) {
         Stream::Limited => Outcome::Limited,
         Stream::NoHello => Outcome::Refused,
         Stream::Frames(rest) => match rest.first() {
@@ -337,7 +338,7 @@ fn rpc_control(bytes: &[u8]) -> Outcome {
             let Some(f) = rest.first() else {
                 return Outcome::Refused;
             };
-            match codec::decode::<ControlRequest>(f) {
+            match codec::decode_control::<ControlRequest>(f) {
                 Ok(ControlRequest::Launch(inner)) => {
                     outcome(codec::decode::<LaunchRequest>(&inner))
                 }
@@ -591,11 +592,10 @@ fn json_seeds() -> Vec<Vec<u8>> {
     ]
 }
 
-/// The API's JSON body limit (1 MiB).
-const MAX_JSON: usize = 1 << 20;
-
 fn api_json(bytes: &[u8]) -> Outcome {
-    match bytes.len() > MAX_JSON {
+    // The API's own checks before serde_json sees a body (`api::limits`): its size, its depth.
+    use quarry_node::api::limits::{check_depth, MAX_JSON_BODY};
+    match bytes.len() > MAX_JSON_BODY || check_depth(bytes).is_err() {
         true => Outcome::Limited,
         false => {
             let a = serde_json::from_slice::<EnvChange>(bytes);
