@@ -9,7 +9,7 @@
 //!
 //! | limit | default | checked |
 //! | --- | --- | --- |
-//! | [`MAX_FILE_BYTES`] | 1 MiB | before reading the file; a fault at 1:1 naming the size |
+//! | [`MAX_FILE_BYTES`] | 1 MiB | before reading the file; a fault at 1:1 naming the size. Also the document with its aliases expanded, on the event stream: a fault at the alias that passes it |
 //! | [`MAX_DEPTH`] | 64 | on the event stream, before any tree is built; a fault where the 65th level opens |
 //! | [`MAX_ENV_VALUE_BYTES`] | 64 KiB | each env value: in quarry.yml (at the value) and in `quarry env set` (naming the key) |
 //! | [`MAX_ENV_BYTES`] | 1 MiB | a whole env (keys and values): a stack's or the global one, after a change |
@@ -73,22 +73,35 @@ pub fn too_large(file: &str, size: usize) -> Diagnostic {
     }
 }
 
-/// The fault of a document nested deeper than [`MAX_DEPTH`].
+/// The fault of a document nested deeper than [`MAX_DEPTH`], or larger than
+/// [`MAX_FILE_BYTES`] once its aliases are expanded.
 pub fn too_deep(file: &str, deep: TooDeep) -> Diagnostic {
+    let (message, hint) = match deep.expanded {
+        None => (
+            format!(
+                "lists and mappings are nested more than {MAX_DEPTH} deep here (the limit); the \
+                 reader stopped"
+            ),
+            "a stack nests 5 levels at most (nodes.NAME.health.http): check the indentation \
+             and the brackets above this point",
+        ),
+        Some(size) => (
+            format!(
+                "with its aliases expanded the document is {size} bytes or more here, above the \
+                 limit of {} for a quarry.yml; the reader stopped",
+                bytes(MAX_FILE_BYTES)
+            ),
+            "an alias (*name) copies its anchor's whole value: alias small values, or write \
+             them out",
+        ),
+    };
     Diagnostic {
         severity: Severity::Error,
         file: file.to_owned(),
         line: deep.at.line,
         col: deep.at.col,
-        message: format!(
-            "lists and mappings are nested more than {MAX_DEPTH} deep here (the limit); the \
-             reader stopped"
-        ),
-        hint: Some(
-            "a stack nests 5 levels at most (nodes.NAME.health.http): check the indentation \
-             and the brackets above this point"
-                .to_owned(),
-        ),
+        message,
+        hint: Some(hint.to_owned()),
     }
 }
 
@@ -280,6 +293,37 @@ mod tests {
             "]".repeat(40)
         );
         assert!(!faults(text).to_string().contains("nested"));
+    }
+
+    #[test]
+    fn aliases_that_expand_past_the_file_limit_are_one_fault_at_the_alias() {
+        // 87 KB of text: one 60 KB value and 2,000 aliases of it, 120 MB once expanded (an env
+        // of 120 MB, and a leader holding it, before this limit). The 18th alias passes 1 MiB.
+        let mut text = format!("name: al\nenv:\n  A0: &big \"{}\"\n", "x".repeat(60_000));
+        for i in 1..2000 {
+            text.push_str(&format!("  A{i}: *big\n"));
+        }
+        text.push_str("nodes:\n  web: {kind: web, image: x}\n");
+        let d = faults(text);
+        assert_eq!(d.0.len(), 1, "{d}");
+        let f = &d.0[0];
+        assert!(
+            f.message.contains("aliases expanded") && f.message.contains("1 MiB"),
+            "{d}"
+        );
+        assert_eq!((f.line, f.col), (3 + 17, 8), "{d}");
+        // An anchored collection counts whole at each alias too.
+        let mut text = format!(
+            "x: &m {{a: \"{}\", b: \"{}\"}}\ny: [",
+            "y".repeat(30_000),
+            "z".repeat(30_000)
+        );
+        text.push_str(&vec!["*m"; 40].join(", "));
+        text.push_str("]\n");
+        assert!(faults(text).to_string().contains("aliases expanded"));
+        // A few aliases of small values are read as before.
+        let text = "env:\n  A: &a \"1\"\n  B: *a\n  C: *a\nnodes: {}\n".to_owned();
+        assert!(!faults(text).to_string().contains("aliases"));
     }
 
     #[test]

@@ -9,15 +9,19 @@
 //! The same pass bounds the nesting depth ([`MAX_DEPTH`]): it pulls events one at a time from
 //! the parser (yaml-rust2's own `Parser::load` recurses once per level, so a file of 100,000
 //! nested lists overflowed the stack), and stops at the first collection nested deeper than the
-//! limit. Nothing downstream (serde_yaml's tree, the walk of the validator) ever sees a deeper
-//! document.
+//! limit. It also bounds what aliases expand to: serde_yaml's tree copies an anchored value at
+//! every alias, so an 87 KB file of 2,000 aliases of one 60 KB value became a 120 MB env. The
+//! pass counts the bytes of every scalar as read, an alias counting its anchor's whole size
+//! again, and stops where the total passes [`MAX_FILE_BYTES`] (a document without aliases never
+//! does: its scalars are part of its text). Nothing downstream (serde_yaml's tree, the walk of
+//! the validator) ever sees a deeper or a larger document.
 
 use std::collections::HashMap;
 
 use yaml_rust2::parser::{Event, Parser};
 use yaml_rust2::scanner::Marker;
 
-use super::limits::MAX_DEPTH;
+use super::limits::{MAX_DEPTH, MAX_FILE_BYTES};
 
 /// One step of a path: a mapping key or a sequence index.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -72,11 +76,15 @@ pub struct Positions {
     pub syntax_error: Option<(Pos, String)>,
 }
 
-/// A document nested deeper than [`MAX_DEPTH`]: where the first collection too deep opens.
+/// A document the reader refuses to build: nested deeper than [`MAX_DEPTH`] (where the first
+/// collection too deep opens), or larger than [`MAX_FILE_BYTES`] once its aliases are expanded
+/// (where the alias that passes the limit stands).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TooDeep {
-    /// Where it opens.
+    /// Where.
     pub at: Pos,
+    /// For a document too large once expanded: its size so far, in bytes.
+    pub expanded: Option<usize>,
 }
 
 impl Positions {
@@ -95,17 +103,30 @@ impl Positions {
                     // The scanner's own bound on flow nesting (256 levels, met while looking
                     // ahead for a key, before the parser emits the 65th level).
                     if e.info().contains("recursion limit") {
-                        return Err(TooDeep { at });
+                        return Err(TooDeep { at, expanded: None });
                     }
                     b.out.syntax_error = Some((at, e.info().to_owned()));
                     break;
                 }
             };
-            let deep = match ev {
+            let deep = match &ev {
                 Event::SequenceStart(anchor, _) | Event::MappingStart(anchor, _) => {
-                    !depth.open(anchor)
+                    !depth.open(*anchor)
                 }
-                Event::Alias(anchor) => !depth.alias(anchor),
+                Event::Scalar(value, _, anchor, _) => {
+                    depth.scalar(*anchor, value.len());
+                    false
+                }
+                Event::Alias(anchor) => {
+                    let within = depth.alias(*anchor);
+                    if depth.size > MAX_FILE_BYTES {
+                        return Err(TooDeep {
+                            at: mark.into(),
+                            expanded: Some(depth.size),
+                        });
+                    }
+                    !within
+                }
                 Event::SequenceEnd | Event::MappingEnd => {
                     depth.close();
                     false
@@ -115,7 +136,10 @@ impl Positions {
                 _ => false,
             };
             if deep {
-                return Err(TooDeep { at: mark.into() });
+                return Err(TooDeep {
+                    at: mark.into(),
+                    expanded: None,
+                });
             }
             b.on_event(ev, mark);
         }
@@ -149,21 +173,40 @@ struct Depth {
     open: Vec<(usize, usize)>,
     /// The depth of each anchored collection read so far.
     anchored: HashMap<usize, usize>,
+    /// The document's size so far with its aliases expanded: scalar bytes, and one per
+    /// collection.
+    size: usize,
+    /// Where each open collection started in `size`.
+    open_at: Vec<usize>,
+    /// The expanded size of each anchored value read so far.
+    anchored_size: HashMap<usize, usize>,
 }
 
 impl Depth {
     /// A collection opens; false when it is deeper than [`MAX_DEPTH`].
     fn open(&mut self, anchor: usize) -> bool {
         self.open.push((anchor, 1));
+        self.open_at.push(self.size);
+        self.size += 1;
         self.open.len() <= MAX_DEPTH
     }
 
     fn close(&mut self) {
+        let at = self.open_at.pop().unwrap_or(self.size);
         if let Some((anchor, deepest)) = self.open.pop() {
             if anchor > 0 {
                 self.anchored.insert(anchor, deepest);
+                self.anchored_size.insert(anchor, self.size - at);
             }
             self.child(deepest);
+        }
+    }
+
+    /// A scalar of `len` bytes.
+    fn scalar(&mut self, anchor: usize, len: usize) {
+        self.size += len;
+        if anchor > 0 {
+            self.anchored_size.insert(anchor, len);
         }
     }
 
@@ -176,6 +219,9 @@ impl Depth {
 
     /// An alias; false when its expansion would be deeper than [`MAX_DEPTH`].
     fn alias(&mut self, anchor: usize) -> bool {
+        self.size = self
+            .size
+            .saturating_add(self.anchored_size.get(&anchor).copied().unwrap_or(0));
         let depth = self.anchored.get(&anchor).copied().unwrap_or(0);
         self.child(depth);
         self.open.len() + depth <= MAX_DEPTH
