@@ -12,7 +12,7 @@ use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
 use super::control::{AdmitError, ControlAnswer, ControlRequest, LeaderView};
-use super::machine::{ClusterMachine, Replacements, ServerMap};
+use super::machine::{ClusterMachine, Replacements, ServerMap, Watches};
 use super::state::{ClusterState, Command, Outcome, Refusal};
 use super::transport::Peers;
 use crate::gossip::member::Liveness;
@@ -112,6 +112,8 @@ pub struct Cluster {
     removed: AtomicBool,
     /// The recorded voter replacements, as applied here.
     replacements: watch::Receiver<Arc<Replacements>>,
+    /// The cluster version in force, as applied here.
+    version: watch::Receiver<u32>,
     /// Gossip, once it runs.
     gossip: OnceLock<GossipLink>,
 }
@@ -138,7 +140,7 @@ impl Cluster {
         dialer: Dialer,
         peers: Arc<Peers>,
         servers: watch::Receiver<Arc<ServerMap>>,
-        replacements: watch::Receiver<Arc<Replacements>>,
+        watches: Watches,
     ) -> Cluster {
         Cluster {
             raft_id,
@@ -151,9 +153,16 @@ impl Cluster {
             control: Mutex::new(HashMap::new()),
             wake: Notify::new(),
             removed: AtomicBool::new(false),
-            replacements,
+            replacements: watches.replacements,
+            version: watches.version,
             gossip: OnceLock::new(),
         }
+    }
+
+    /// The cluster version in force as applied here (it only goes up, so a command allowed at
+    /// this version is allowed when it applies).
+    pub fn cluster_version_now(&self) -> u32 {
+        *self.version.borrow()
     }
 
     /// Attach this server's gossip (once; later calls change nothing).
@@ -313,7 +322,18 @@ impl Cluster {
     /// Commit `command` through the leader, wherever it is; retried (with the same
     /// idempotency key, so it applies at most once) across leader changes until
     /// [`WRITE_DEADLINE`].
+    ///
+    /// A command that needs a newer cluster version than the one applied here is refused
+    /// before it is proposed ([`Refusal::NeedsClusterVersion`]): an older member could not
+    /// read its log entry.
     pub async fn write(&self, command: Command) -> Result<Outcome, ClusterError> {
+        let current = self.cluster_version_now();
+        if command.needs_version() > current {
+            return Err(ClusterError::Refused(Refusal::NeedsClusterVersion {
+                needed: command.needs_version(),
+                current,
+            }));
+        }
         let (client, seq) = self.take_session();
         let key = IdempotencyKey { client, seq };
         let r = self.submit(key, command).await;
