@@ -7,9 +7,15 @@
 //! [`decode`] so that the day bincode is replaced only this file changes. Every decode is
 //! size-limited, because some of these bytes come from the network.
 //!
-//! Versioning: our records start with a format byte ([`FORMAT_V1`]); a node that meets a
-//! format it does not know refuses it loudly instead of guessing. State-machine command enums
-//! are encoded by variant position, so a machine may add variants at the end, never reorder.
+//! Versioning: our records start with a format byte. Format 1 ([`FORMAT_V1`]) is the bytes
+//! every build has written; a state machine may mark a record with a higher format (its state
+//! version, [`crate::StateMachine::FORMAT`]) when the record holds something only newer
+//! decoders know (a command variant, a state shape). The body after the byte is bincode
+//! either way. A node that meets a format above the highest it knows refuses it loudly
+//! ([`CodecError::Newer`]) instead of guessing; [`decode_upto`] reads every format up to one
+//! the caller knows, and [`format_of`] tells which shape the body has, so a machine can migrate
+//! an older shape in one place. State-machine command enums are encoded by variant position,
+//! so a machine may add variants at the end, never reorder.
 
 use raft::eraftpb::{HardState, Message, SnapshotMetadata};
 use serde::{de::DeserializeOwned, Serialize};
@@ -40,6 +46,18 @@ pub enum CodecError {
     Decode(String),
     #[error("record format {found} is not known to this node (it knows {FORMAT_V1}): upgrade it")]
     UnknownFormat { found: u8 },
+    /// A record written by a newer build, marked with a format above the highest this build
+    /// knows.
+    #[error(
+        "this server understands state up to v{known}; the record is v{found}: upgrade quarryd \
+         on this server"
+    )]
+    Newer {
+        /// The record's format.
+        found: u8,
+        /// The highest this build knows.
+        known: u8,
+    },
     #[error("empty record")]
     Empty,
     #[error("protobuf: {0}")]
@@ -48,19 +66,46 @@ pub enum CodecError {
 
 /// Encodes one of our records: the format byte, then bincode.
 pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
-    let mut out = vec![FORMAT_V1];
+    encode_as(FORMAT_V1, value)
+}
+
+/// Encodes one of our records marked with `format` (1: the bytes every build reads; higher:
+/// a record only builds that know that format may read).
+pub fn encode_as<T: Serialize>(format: u8, value: &T) -> Result<Vec<u8>, CodecError> {
+    if format == 0 {
+        return Err(CodecError::Encode("record format 0 does not exist".into()));
+    }
+    let mut out = vec![format];
     let body = bincode::serde::encode_to_vec(value, config())
         .map_err(|e| CodecError::Encode(e.to_string()))?;
     out.extend_from_slice(&body);
     Ok(out)
 }
 
-/// Decodes one of our records, checking its format byte and size.
+/// Decodes one of our records, checking its format byte (1 only) and size.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
-    let (&format, body) = bytes.split_first().ok_or(CodecError::Empty)?;
+    let (&format, _) = bytes.split_first().ok_or(CodecError::Empty)?;
     if format != FORMAT_V1 {
         return Err(CodecError::UnknownFormat { found: format });
     }
+    decode_upto(FORMAT_V1, bytes)
+}
+
+/// The format byte of a record, refusing one above `known` (the highest the caller reads).
+pub fn format_of(bytes: &[u8], known: u8) -> Result<u8, CodecError> {
+    match bytes.first() {
+        None => Err(CodecError::Empty),
+        Some(0) => Err(CodecError::UnknownFormat { found: 0 }),
+        Some(&found) if found > known => Err(CodecError::Newer { found, known }),
+        Some(&found) => Ok(found),
+    }
+}
+
+/// Decodes one of our records of any format from 1 to `known` into `T` (the caller picks `T`
+/// by [`format_of`] when the shapes differ).
+pub fn decode_upto<T: DeserializeOwned>(known: u8, bytes: &[u8]) -> Result<T, CodecError> {
+    format_of(bytes, known)?;
+    let body = &bytes[1..];
     let (value, used) = bincode::serde::decode_from_slice(body, config())
         .map_err(|e| CodecError::Decode(e.to_string()))?;
     if used != body.len() {
@@ -153,6 +198,34 @@ mod tests {
             Err(CodecError::UnknownFormat { found: 9 })
         ));
         assert!(decode::<(u64, String)>(&bytes[..bytes.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn a_record_of_a_newer_format_is_refused_with_what_to_do() {
+        let v: (u64, String) = (7, "x".into());
+        let v2 = encode_as(2, &v).unwrap();
+        assert_eq!(v2[1..], encode(&v).unwrap()[1..], "same body, another mark");
+        assert_eq!(decode_upto::<(u64, String)>(2, &v2).unwrap(), v);
+        assert_eq!(
+            decode_upto::<(u64, String)>(2, &encode(&v).unwrap()).unwrap(),
+            v
+        );
+        let e = decode_upto::<(u64, String)>(1, &v2).unwrap_err();
+        assert!(matches!(e, CodecError::Newer { found: 2, known: 1 }), "{e}");
+        assert_eq!(
+            e.to_string(),
+            "this server understands state up to v1; the record is v2: upgrade quarryd on \
+             this server"
+        );
+        assert!(matches!(
+            decode::<(u64, String)>(&v2),
+            Err(CodecError::UnknownFormat { found: 2 })
+        ));
+        assert!(encode_as(0, &v).is_err());
+        assert!(matches!(
+            format_of(&[0, 1], 2),
+            Err(CodecError::UnknownFormat { found: 0 })
+        ));
     }
 
     #[test]

@@ -8,8 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::codec;
-use crate::machine::{IdempotencyKey, Proposal, StateMachine};
+use crate::machine::{IdempotencyKey, StateMachine};
 use crate::ClientError;
 
 /// A read, run by the owner task against the applied state (or told why it cannot be).
@@ -196,8 +195,8 @@ impl<S: StateMachine> Handle<S> {
         key: Option<IdempotencyKey>,
         command: S::Command,
     ) -> Result<S::Output, ClientError> {
-        let data = codec::encode(&Proposal { key, command })
-            .map_err(|e| ClientError::Encode(e.to_string()))?;
+        let data =
+            S::encode_entry(key, &command).map_err(|e| ClientError::Encode(e.to_string()))?;
         let (reply, rx) = oneshot::channel();
         self.ask(Request::Propose { data, reply }, rx).await
     }

@@ -48,6 +48,15 @@ pub struct Status {
     pub api_port: u16,
     /// quarryd's version.
     pub version: String,
+    /// The git commit it was built from (`unknown` without git; empty from older servers).
+    #[serde(default)]
+    pub commit: String,
+    /// The state versions it supports, lowest and highest (`(0, 0)` from older servers).
+    #[serde(default)]
+    pub state_versions: (u32, u32),
+    /// The cluster version in force, as applied here (`None` from older servers).
+    #[serde(default)]
+    pub cluster_version: Option<u32>,
     /// Raft's view; `None` if Raft has stopped on this server.
     pub raft: Option<RaftStatus>,
     /// `ok`, or what is wrong (no leader, how many voters are reachable).
@@ -134,6 +143,12 @@ pub struct ServerEntry {
     /// Its liveness as the answering server's gossip sees it (`None`: not seen in gossip).
     #[serde(default)]
     pub liveness: Option<GossipView>,
+    /// The quarryd build it runs, as its gossip record says (empty: not said, or not seen).
+    #[serde(default)]
+    pub build: String,
+    /// The state versions it supports, as its gossip record says (`None`: not seen).
+    #[serde(default)]
+    pub state_versions: Option<(u32, u32)>,
 }
 
 /// `GET /v1/servers`.

@@ -42,3 +42,4 @@ pub mod rpc;
 pub mod source;
 pub mod spec;
 pub mod types;
+pub mod version;

@@ -297,6 +297,9 @@ fn command_file(index: usize, name: &str, c: &Command) -> String {
         Command::Retire { .. } => 10,
         Command::Rollback { .. } => 11,
         Command::SetStackEnabled { .. } => 12,
+        // State v2.
+        Command::SetClusterVersion(_) => 13,
+        Command::CompactStack(_) => 14,
     };
     assert_eq!(
         position, index,
@@ -305,13 +308,14 @@ fn command_file(index: usize, name: &str, c: &Command) -> String {
     format!("commands/{position:02}-{name}.bin")
 }
 
-/// A log entry's bytes: the proposal envelope (idempotency key, command).
+/// A log entry's bytes as today's machine writes them: the command's format byte, then the
+/// proposal envelope (idempotency key, command).
 fn entry(key: Option<IdempotencyKey>, c: &Command) -> Vec<u8> {
-    quarry_consensus::codec::encode(&(key, c)).expect("encode entry")
+    ClusterMachine::encode_entry(key, c).expect("encode entry")
 }
 
 fn decode_entry(bytes: &[u8]) -> (Option<IdempotencyKey>, Command) {
-    quarry_consensus::codec::decode(bytes).expect("decode entry")
+    ClusterMachine::decode_entry(bytes).expect("decode entry")
 }
 
 #[test]
@@ -324,7 +328,104 @@ fn every_v1_command_decodes_as_it_was_written() {
         let bytes = golden(1, &file, &entry(key, c));
         let (k, back) = decode_entry(&bytes);
         assert_eq!((k, &back), (key, c), "{file}");
+        assert_eq!(bytes[0], 1, "{file}: a v1 command is written as format 1");
+        // A v1 build read these entries with the plain format-1 decoder.
+        let old: (Option<IdempotencyKey>, Command) =
+            quarry_consensus::codec::decode(&bytes).expect("v1 decoder");
+        assert_eq!(&old.1, c, "{file}");
     }
+}
+
+/// The commands of v2, applied after the v1 ones: the switch, then a redeploy committed
+/// compact. Their positions follow v1's.
+fn commands_v2() -> (Vec<(&'static str, Command)>, ClusterState) {
+    let (_, mut s) = commands_v1();
+    apply(
+        &mut s,
+        Command::SetStackEnabled {
+            stack: "guestbook".to_owned(),
+            enabled: true,
+        },
+    );
+    let switch = Command::SetClusterVersion(2);
+    apply(&mut s, switch.clone());
+    let file = stack_file();
+    let source = SourceHash::of(b"guestbook source v2");
+    let deploy = compile(&PlanInputs::of(&s, &file.name), &file, &source).expect("compiles");
+    let compact = Command::stack_change(deploy.change, false, s.cluster_version);
+    assert!(matches!(compact, Command::CompactStack(_)), "{compact:?}");
+    apply(&mut s, compact.clone());
+    (
+        vec![("set_cluster_version", switch), ("compact_stack", compact)],
+        s,
+    )
+}
+
+#[test]
+fn every_v2_command_decodes_as_it_was_written_and_a_v1_build_refuses_it() {
+    let key = Some(IdempotencyKey { client: 7, seq: 43 });
+    let (commands, _) = commands_v2();
+    for (i, (name, c)) in commands.iter().enumerate() {
+        let file = command_file(13 + i, name, c);
+        let bytes = golden(2, &file, &entry(key, c));
+        assert_eq!(bytes[0], 2, "{file}: a v2 command is marked format 2");
+        let (k, back) = decode_entry(&bytes);
+        assert_eq!((k, &back), (key, c), "{file}");
+        let e =
+            quarry_consensus::codec::decode_upto::<(Option<IdempotencyKey>, Command)>(1, &bytes)
+                .expect_err("a v1 build refuses a v2 entry");
+        assert!(e.to_string().contains("upgrade quarryd"), "{file}: {e}");
+    }
+}
+
+#[test]
+fn a_compact_stack_stores_each_env_once_and_applies_as_the_deploy() {
+    let (_, s) = commands_v2();
+    let (_, c) = &commands_v2().0[1];
+    let Command::CompactStack(cc) = c else {
+        panic!("{c:?}")
+    };
+    assert!(
+        cc.envs.len() < cc.change.desired.len(),
+        "{} envs for {} containers",
+        cc.envs.len(),
+        cc.change.desired.len()
+    );
+    let (change, _) = (**cc).clone().expand().expect("expands");
+    let full = Command::Deploy(Box::new(change.clone()));
+    assert!(entry(None, c).len() < entry(None, &full).len());
+    assert_eq!(s.stacks["guestbook"].desired, change.desired);
+}
+
+#[test]
+fn a_v2_state_snapshot_restores_as_it_was_written() {
+    let state = commands_v2().1;
+    assert_eq!(state.cluster_version, 2);
+    let bytes = golden(2, "state.bin", &snapshot_of(&state));
+    assert_eq!(bytes[0], 2);
+    assert_eq!(restore(&bytes), state);
+    // A v1 snapshot restores at cluster version 1.
+    let v1 = std::fs::read(dir(1).join("state.bin")).expect("v1 golden");
+    assert_eq!(restore(&v1).cluster_version, 1);
+}
+
+#[test]
+fn v2_outcomes_and_refusals_decode_as_they_were_written() {
+    let all: Vec<Result<Outcome, Refusal>> = vec![
+        Ok(Outcome::ClusterVersionSet { version: 2 }),
+        Err(Refusal::NeedsClusterVersion {
+            needed: 2,
+            current: 1,
+        }),
+    ];
+    let bytes = golden(
+        2,
+        "outcomes.bin",
+        &quarry_consensus::codec::encode(&all).expect("encode"),
+    );
+    let back: Vec<Result<Outcome, Refusal>> =
+        quarry_consensus::codec::decode(&bytes).expect("decode");
+    assert_eq!(back, all);
 }
 
 fn snapshot_of(state: &ClusterState) -> Vec<u8> {

@@ -30,6 +30,8 @@ fn record(name: &str, generation: u64, addr: SocketAddr) -> ServerRecord {
         raft_id: None,
         generation,
         status: StatusSummary::default(),
+        build: quarry_node::version::build(),
+        state_versions: quarry_node::version::SUPPORTED,
     }
 }
 

@@ -219,3 +219,24 @@ async fn init_token_run_and_join_through_the_binary() {
         }
     }
 }
+
+#[test]
+fn quarryd_version_names_the_git_commit() {
+    let o = Command::new(env!("CARGO_BIN_EXE_quarryd"))
+        .arg("--version")
+        .output()
+        .expect("quarryd --version");
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", show(&o));
+    assert_eq!(
+        text.trim(),
+        format!("quarryd {}", quarry_node::version::BUILD),
+        "{text}"
+    );
+    let commit = quarry_node::version::COMMIT;
+    assert!(
+        commit == "unknown"
+            || (commit.len() == 12 && commit.bytes().all(|b| b.is_ascii_hexdigit())),
+        "{commit}"
+    );
+}

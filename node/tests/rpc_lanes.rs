@@ -379,3 +379,36 @@ async fn an_oversized_frame_is_refused_without_reading_it() {
     );
     let _ = codec::MAX_FRAME;
 }
+
+#[tokio::test]
+async fn a_joiner_one_state_version_ahead_joins_and_one_two_ahead_is_refused() {
+    let c = cluster().await; // the authority's cluster runs state v1
+    let token = JoinToken {
+        ca: c.ca.digest(),
+        secret: c.secret,
+    };
+    let (csr, _) = pki::new_csr("server-c").expect("csr");
+    let e = join::join_as(
+        c.server.local_addr(),
+        &token,
+        csr,
+        member("server-c"),
+        (3, 4),
+    )
+    .await
+    .expect_err("two versions ahead");
+    assert!(
+        matches!(&e, JoinError::Refused { reason, .. }
+            if reason.contains("more than one version ahead") && reason.contains("cluster runs v1")),
+        "{e}"
+    );
+    assert_eq!(c.authority.members().len(), 1, "nothing recorded");
+
+    let (csr, _) = pki::new_csr("server-b").expect("csr");
+    let mut me = member("server-b");
+    me.address = "127.0.0.2".parse().expect("ip");
+    let admitted = join::join_as(c.server.local_addr(), &token, csr, me, (2, 3))
+        .await
+        .expect("one version ahead joins");
+    assert_eq!(admitted.raft_id, 2);
+}

@@ -3,7 +3,7 @@
 //! `quarry servers remove NAME` takes one out of the cluster, `quarry servers lead NAME` hands
 //! it Raft leadership.
 
-use quarry_node::api::{GossipView, Servers};
+use quarry_node::api::{GossipView, ServerEntry, Servers};
 use quarry_node::spec::units::human_size;
 
 use super::client::{NodeArgs, Target};
@@ -69,11 +69,24 @@ fn liveness(g: Option<&GossipView>, now_ms: u64) -> String {
     }
 }
 
+/// `0.1.0 1234abcd5678 (v1-v2)`: the build a server's gossip record names and the state
+/// versions it supports; `-` if not seen, `older` for a build that did not say.
+fn quarryd(e: &ServerEntry) -> String {
+    match e.state_versions {
+        None => "-".to_owned(),
+        Some(_) if e.build.is_empty() => "older".to_owned(),
+        Some((low, high)) => {
+            let build = e.build.replace(" (commit ", " ").replace(')', "");
+            format!("{build} (v{low}-v{high})")
+        }
+    }
+}
+
 /// The table, one line per server; the leader's role is marked `voter*`. LIVENESS says since
 /// how long the answering server's gossip has seen the server in that state.
 pub fn table(s: &Servers) -> String {
     let mut rows = vec![[
-        "NAME", "RAFT", "ROLE", "HEALTH", "LIVENESS", "ADDRESS", "RPC", "MEMORY", "TAGS",
+        "NAME", "RAFT", "ROLE", "HEALTH", "LIVENESS", "QUARRYD", "ADDRESS", "RPC", "MEMORY", "TAGS",
     ]
     .map(str::to_owned)
     .to_vec()];
@@ -89,6 +102,7 @@ pub fn table(s: &Servers) -> String {
             },
             e.health.clone(),
             liveness(e.liveness.as_ref(), s.now_unix_ms),
+            quarryd(e),
             m.address.to_string(),
             m.rpc_port.to_string(),
             human_size(m.memory),

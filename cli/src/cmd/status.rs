@@ -24,7 +24,17 @@ pub fn text(s: &Status, endpoint: &str) -> String {
         "address  {} (rpc {}, api {})\n",
         s.address, s.rpc_port, s.api_port
     ));
-    out.push_str(&format!("version  {}\n", s.version));
+    if s.commit.is_empty() {
+        out.push_str(&format!("version  {}\n", s.version));
+    } else {
+        out.push_str(&format!("version  {} (commit {})\n", s.version, s.commit));
+    }
+    if let Some(v) = s.cluster_version {
+        let (low, high) = s.state_versions;
+        out.push_str(&format!(
+            "cluster  version v{v} (this server supports v{low} to v{high})\n"
+        ));
+    }
     if let Some(r) = &s.raft {
         let list = |v: &[String]| {
             if v.is_empty() {
@@ -102,6 +112,9 @@ mod tests {
             rpc_port: 7701,
             api_port: 7700,
             version: "0.1.0".into(),
+            commit: "0123456789ab".into(),
+            state_versions: (1, 2),
+            cluster_version: Some(1),
             raft: None,
             health: "ok".into(),
             gossip: Some(GossipStatus {

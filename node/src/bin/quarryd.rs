@@ -14,7 +14,7 @@ use quarry_node::pki::JoinToken;
 
 /// quarryd: the quarry cluster daemon.
 #[derive(Debug, Parser)]
-#[command(name = "quarryd", version, about)]
+#[command(name = "quarryd", version = quarry_node::version::BUILD, about)]
 struct Cli {
     #[command(flatten)]
     flags: Flags,

@@ -21,6 +21,15 @@ pub type ServerMap = BTreeMap<String, ServerRecord>;
 /// The recorded voter replacements, as last applied.
 pub type Replacements = Vec<VoterReplacement>;
 
+/// What [`ClusterMachine::watches`] gives.
+#[derive(Debug, Clone)]
+pub struct Watches {
+    /// The recorded voter replacements.
+    pub replacements: watch::Receiver<Arc<Replacements>>,
+    /// The cluster version in force.
+    pub version: watch::Receiver<u32>,
+}
+
 /// [`ClusterState`] under Raft.
 #[derive(Debug)]
 pub struct ClusterMachine {
@@ -28,6 +37,7 @@ pub struct ClusterMachine {
     pub state: ClusterState,
     servers: watch::Sender<Arc<ServerMap>>,
     replacements: watch::Sender<Arc<Replacements>>,
+    version: watch::Sender<u32>,
 }
 
 impl ClusterMachine {
@@ -39,14 +49,19 @@ impl ClusterMachine {
                 state: ClusterState::default(),
                 servers: tx,
                 replacements: watch::channel(Arc::new(Replacements::new())).0,
+                version: watch::channel(1).0,
             },
             rx,
         )
     }
 
-    /// A receiver of the recorded voter replacements (take it before the machine is started).
-    pub fn replacements_watch(&self) -> watch::Receiver<Arc<Replacements>> {
-        self.replacements.subscribe()
+    /// Receivers of what the machine publishes besides the server list (take them before
+    /// the machine is started).
+    pub fn watches(&self) -> Watches {
+        Watches {
+            replacements: self.replacements.subscribe(),
+            version: self.version.subscribe(),
+        }
     }
 
     fn publish(&self) {
@@ -63,6 +78,11 @@ impl ClusterMachine {
 impl StateMachine for ClusterMachine {
     type Command = Command;
     type Output = Result<Outcome, Refusal>;
+    const FORMAT: u8 = crate::version::STATE_VERSION_MAX as u8;
+
+    fn format_of(command: &Command) -> u8 {
+        command.format()
+    }
 
     fn apply(&mut self, index: u64, command: Command) -> Self::Output {
         let touches_servers = matches!(
@@ -80,17 +100,23 @@ impl StateMachine for ClusterMachine {
         if records && out.is_ok() {
             self.publish_replacements();
         }
+        self.version.send_if_modified(|v| {
+            let changed = *v != self.state.cluster_version;
+            *v = self.state.cluster_version;
+            changed
+        });
         out
     }
 
     fn snapshot(&self) -> Result<Vec<u8>, MachineError> {
-        Ok(quarry_consensus::codec::encode(&self.state)?)
+        Ok(super::versions::encode_state(&self.state)?)
     }
 
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), MachineError> {
-        self.state = quarry_consensus::codec::decode(snapshot)?;
+        self.state = super::versions::decode_state(snapshot)?;
         self.publish();
         self.publish_replacements();
+        self.version.send_replace(self.state.cluster_version);
         Ok(())
     }
 }

@@ -71,20 +71,21 @@ mod state;
 pub(crate) use state::tests as state_tests;
 mod tasks;
 pub mod transport;
+mod versions;
 mod view;
 
 use crate::rpc::join::{Admission, JoinAuthority, Member};
 use crate::rpc::server::BoxFuture;
 
 pub use control::{ControlAnswer, ControlRequest, ControlService, LeaderView, PeerHealth};
-pub use machine::{ClusterMachine, Replacements, ServerMap};
+pub use machine::{ClusterMachine, Replacements, ServerMap, Watches};
 pub use node::{
     check_command, Cluster, ClusterError, GossipLink, MAX_COMMAND, READ_DEADLINE, WRITE_DEADLINE,
 };
 pub use state::{
     check_env_key, check_server_name, check_stack_name, default_grid_options, ClusterState,
-    Command, GridOp, GridResult, Outcome, Refusal, RouteTarget, ServerRecord, StackChange,
-    StackRecord, VoterReplacement, FOUNDER_RAFT_ID, MAX_REPLACEMENTS,
+    Command, CompactChange, GridOp, GridResult, Outcome, Refusal, RouteTarget, ServerRecord,
+    StackChange, StackRecord, VoterReplacement, FOUNDER_RAFT_ID, MAX_REPLACEMENTS,
 };
 pub use tasks::{
     address_book, follow_servers, grid_ops_for, keep_record, read_env_dir, read_peers, reconcile,
@@ -95,5 +96,9 @@ pub use transport::{PeerAddr, Peers, RpcTransport};
 impl JoinAuthority for Cluster {
     fn admit(&self, member: Member) -> BoxFuture<'_, Result<Admission, String>> {
         Box::pin(Cluster::admit(self, member))
+    }
+
+    fn cluster_version(&self) -> u32 {
+        self.cluster_version_now()
     }
 }

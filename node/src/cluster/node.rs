@@ -12,7 +12,7 @@ use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
 use super::control::{AdmitError, ControlAnswer, ControlRequest, LeaderView};
-use super::machine::{ClusterMachine, Replacements, ServerMap};
+use super::machine::{ClusterMachine, Replacements, ServerMap, Watches};
 use super::state::{ClusterState, Command, Outcome, Refusal};
 use super::transport::Peers;
 use crate::gossip::member::Liveness;
@@ -58,6 +58,8 @@ fn command_name(command: &Command) -> String {
         Command::Retire { .. } => "retire",
         Command::Rollback { .. } => "rollback",
         Command::SetStackEnabled { .. } => "enable/disable",
+        Command::SetClusterVersion(_) => "set-cluster-version",
+        Command::CompactStack(_) => "deploy (compact)",
     }
     .to_owned()
 }
@@ -167,6 +169,8 @@ pub struct Cluster {
     removed: AtomicBool,
     /// The recorded voter replacements, as applied here.
     replacements: watch::Receiver<Arc<Replacements>>,
+    /// The cluster version in force, as applied here.
+    version: watch::Receiver<u32>,
     /// Gossip, once it runs.
     gossip: OnceLock<GossipLink>,
 }
@@ -193,7 +197,7 @@ impl Cluster {
         dialer: Dialer,
         peers: Arc<Peers>,
         servers: watch::Receiver<Arc<ServerMap>>,
-        replacements: watch::Receiver<Arc<Replacements>>,
+        watches: Watches,
     ) -> Cluster {
         Cluster {
             raft_id,
@@ -206,9 +210,16 @@ impl Cluster {
             control: Mutex::new(HashMap::new()),
             wake: Notify::new(),
             removed: AtomicBool::new(false),
-            replacements,
+            replacements: watches.replacements,
+            version: watches.version,
             gossip: OnceLock::new(),
         }
+    }
+
+    /// The cluster version in force as applied here (it only goes up, so a command allowed at
+    /// this version is allowed when it applies).
+    pub fn cluster_version_now(&self) -> u32 {
+        *self.version.borrow()
     }
 
     /// Attach this server's gossip (once; later calls change nothing).
@@ -368,8 +379,19 @@ impl Cluster {
     /// Commit `command` through the leader, wherever it is; retried (with the same
     /// idempotency key, so it applies at most once) across leader changes until
     /// [`WRITE_DEADLINE`].
+    ///
+    /// A command that needs a newer cluster version than the one applied here is refused
+    /// before it is proposed ([`Refusal::NeedsClusterVersion`]): an older member could not
+    /// read its log entry.
     pub async fn write(&self, command: Command) -> Result<Outcome, ClusterError> {
         check_command(&command)?;
+        let current = self.cluster_version_now();
+        if command.needs_version() > current {
+            return Err(ClusterError::Refused(Refusal::NeedsClusterVersion {
+                needed: command.needs_version(),
+                current,
+            }));
+        }
         let (client, seq) = self.take_session();
         let key = IdempotencyKey { client, seq };
         let r = self.submit(key, command).await;

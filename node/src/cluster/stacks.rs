@@ -52,6 +52,70 @@ pub struct StackChange {
     pub routes: BTreeMap<String, String>,
 }
 
+/// A [`StackChange`] with each distinct container env stored once (state v2,
+/// [`super::Command::CompactStack`]): the replicas of a node share one env, so a deploy of a
+/// node with many replicas carries its env once instead of once per container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompactChange {
+    /// A scale (true) or a deploy.
+    pub scale: bool,
+    /// The change, every desired container's env empty.
+    pub change: StackChange,
+    /// The distinct envs.
+    pub envs: Vec<BTreeMap<String, String>>,
+    /// For each desired container, in order, its env's index in `envs`.
+    pub env_of: Vec<u32>,
+}
+
+impl CompactChange {
+    /// The change with each distinct env stored once. Pure.
+    pub fn of(mut change: StackChange, scale: bool) -> CompactChange {
+        let mut envs: Vec<BTreeMap<String, String>> = Vec::new();
+        let mut env_of = Vec::with_capacity(change.desired.len());
+        for d in &mut change.desired {
+            let env = std::mem::take(&mut d.env);
+            let i = match envs.iter().position(|e| *e == env) {
+                Some(i) => i,
+                None => {
+                    envs.push(env);
+                    envs.len() - 1
+                }
+            };
+            env_of.push(i as u32);
+        }
+        CompactChange {
+            scale,
+            change,
+            envs,
+            env_of,
+        }
+    }
+
+    /// The change as it was (each container's env in place), or why the bytes do not hold
+    /// together. Pure.
+    pub fn expand(self) -> Result<(StackChange, bool), Refusal> {
+        let CompactChange {
+            scale,
+            mut change,
+            envs,
+            env_of,
+        } = self;
+        if env_of.len() != change.desired.len() {
+            return Err(Refusal::Invalid(format!(
+                "a compact stack change names {} envs for {} containers",
+                env_of.len(),
+                change.desired.len()
+            )));
+        }
+        for (d, &i) in change.desired.iter_mut().zip(&env_of) {
+            d.env = envs.get(i as usize).cloned().ok_or_else(|| {
+                Refusal::Invalid(format!("a compact stack change has no env {i}"))
+            })?;
+        }
+        Ok((change, scale))
+    }
+}
+
 /// Whether a stack name is acceptable: 1 to 63 of `a-z 0-9 -`, starting with a letter or digit
 /// (it becomes part of container, network and image names).
 pub fn check_stack_name(name: &str) -> Result<(), Refusal> {

@@ -7,7 +7,10 @@
 //! proposer, and it is the same on every server.
 //!
 //! Commands are one serde enum encoded by variant position: add variants at the end, never
-//! reorder or remove one, so old log entries keep their meaning.
+//! reorder or remove one, so old log entries keep their meaning. A command only newer
+//! state versions know says so ([`Command::format`], [`Command::needs_version`]); the state's
+//! own versions and their migration are in `versions.rs` (the rule for change is in
+//! [`crate::version`]; `node/tests/golden.rs` fails if a variant is inserted in the middle).
 //!
 //! Invariants:
 //! - Server names are unique (they are the certificates' common names) and a server's Raft id
@@ -32,7 +35,7 @@ use crate::source::SourceHash;
 use crate::spec::StackFile;
 use crate::types::{DesiredContainer, ServerId, SliceId, SliceSpec, StackState};
 
-pub use super::stacks::{check_stack_name, StackChange};
+pub use super::stacks::{check_stack_name, CompactChange, StackChange};
 
 /// The Raft id of the server that founded the cluster.
 pub const FOUNDER_RAFT_ID: u64 = 1;
@@ -134,6 +137,10 @@ pub struct ClusterState {
     pub routes: BTreeMap<String, RouteTarget>,
     /// The last voters replaced by the self-healing quorum, oldest first.
     pub replacements: Vec<VoterReplacement>,
+    /// The state version in force ([`crate::version`]): 1 until every member supports 2 and
+    /// the leader commits [`Command::SetClusterVersion`]. Not in v1's encoding (a v1 snapshot
+    /// reads as 1); last, so v2's encoding is v1's plus this field.
+    pub cluster_version: u32,
 }
 
 /// The options of the cluster's grid until an operator or the cloud sets others: servers are
@@ -158,6 +165,7 @@ impl Default for ClusterState {
             grid: Grid::new(default_grid_options()),
             routes: BTreeMap::new(),
             replacements: Vec::new(),
+            cluster_version: 1,
         }
     }
 }
@@ -302,6 +310,46 @@ pub enum Command {
         /// Whether it runs.
         enabled: bool,
     },
+    // State v2 from here (appended: every variant above keeps its position).
+    /// Switch the cluster version (the state version in force) up by one: proposed by the
+    /// leader once every member advertises that it supports it. Never goes down.
+    SetClusterVersion(u32),
+    /// A deploy or scale whose containers' envs are stored once each ([`CompactChange`]);
+    /// otherwise as [`Command::Deploy`]. Needs cluster version 2.
+    CompactStack(Box<CompactChange>),
+}
+
+impl Command {
+    /// The record format (state version) its log entry is marked with: 1 for every command
+    /// state v1 knows, so an older server reads them; 2 for those only v2 decoders know.
+    pub fn format(&self) -> u8 {
+        match self {
+            Command::SetClusterVersion(v) => u8::try_from(*v).unwrap_or(u8::MAX).max(2),
+            Command::CompactStack(_) => 2,
+            _ => 1,
+        }
+    }
+
+    /// The cluster version it needs to be proposed (refused before:
+    /// [`Refusal::NeedsClusterVersion`]). `SetClusterVersion` is the switch itself.
+    pub fn needs_version(&self) -> u32 {
+        match self {
+            Command::CompactStack(_) => 2,
+            _ => 1,
+        }
+    }
+
+    /// The command that commits a deploy (`scale`: a scale) at cluster version `version`:
+    /// [`Command::CompactStack`] from v2 on, [`Command::Deploy`] or [`Command::Scale`] before.
+    pub fn stack_change(change: StackChange, scale: bool, version: u32) -> Command {
+        if version >= 2 {
+            Command::CompactStack(Box::new(CompactChange::of(change, scale)))
+        } else if scale {
+            Command::Scale(Box::new(change))
+        } else {
+            Command::Deploy(Box::new(change))
+        }
+    }
 }
 
 /// What an applied command did.
@@ -357,6 +405,12 @@ pub enum Outcome {
         revision: u64,
         /// The grid version now.
         grid_version: u64,
+    },
+    // State v2 from here.
+    /// The cluster version is now this one.
+    ClusterVersionSet {
+        /// The cluster version.
+        version: u32,
     },
 }
 
@@ -423,6 +477,20 @@ pub enum Refusal {
         /// The stack's revision.
         current: u64,
     },
+    // State v2 from here.
+    /// The command needs a newer cluster version than the one in force.
+    #[error(
+        "this needs cluster version v{needed}; the cluster runs v{current} until every server \
+         runs a quarryd that supports v{needed}: upgrade the remaining servers one at a time \
+         (`quarry servers` shows each one's version; the leader switches the cluster version \
+         itself once all do) and retry"
+    )]
+    NeedsClusterVersion {
+        /// The version it needs.
+        needed: u32,
+        /// The version in force.
+        current: u32,
+    },
 }
 
 /// Whether a server name is acceptable: 1 to 63 of `A-Z a-z 0-9 - _ .`.
@@ -481,7 +549,32 @@ impl ClusterState {
                 reason,
             } => self.rollback(&stack, revision, grid_version, reason),
             Command::SetStackEnabled { stack, enabled } => self.set_stack_enabled(&stack, enabled),
+            Command::SetClusterVersion(v) => self.set_cluster_version(v),
+            Command::CompactStack(c) => {
+                if self.cluster_version < 2 {
+                    return Err(Refusal::NeedsClusterVersion {
+                        needed: 2,
+                        current: self.cluster_version,
+                    });
+                }
+                let (change, scale) = c.expand()?;
+                self.change_stack(change, scale)
+            }
         }
+    }
+
+    fn set_cluster_version(&mut self, v: u32) -> Result<Outcome, Refusal> {
+        if v == self.cluster_version {
+            return Ok(Outcome::ClusterVersionSet { version: v });
+        }
+        if v != self.cluster_version + 1 {
+            return Err(Refusal::Invalid(format!(
+                "the cluster version moves up one at a time and never down: it is v{}, not v{v}",
+                self.cluster_version
+            )));
+        }
+        self.cluster_version = v;
+        Ok(Outcome::ClusterVersionSet { version: v })
     }
 
     fn found(&mut self, member: Member, env: BTreeMap<String, String>) -> Result<Outcome, Refusal> {

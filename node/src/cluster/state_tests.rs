@@ -367,3 +367,68 @@ fn the_same_commands_give_the_same_state_and_it_survives_a_snapshot() {
     let back: ClusterState = quarry_consensus::codec::decode(&bytes).expect("decode");
     assert_eq!(back, a);
 }
+
+#[test]
+fn the_cluster_version_moves_up_one_at_a_time_and_never_down() {
+    let mut s = founded();
+    assert_eq!(s.cluster_version, 1);
+    assert!(matches!(
+        s.apply(1, Command::SetClusterVersion(3)),
+        Err(Refusal::Invalid(_))
+    ));
+    assert_eq!(
+        s.apply(1, Command::SetClusterVersion(2)),
+        Ok(Outcome::ClusterVersionSet { version: 2 })
+    );
+    assert_eq!(
+        s.apply(1, Command::SetClusterVersion(2)),
+        Ok(Outcome::ClusterVersionSet { version: 2 }),
+        "a repeated switch (a new leader's) changes nothing"
+    );
+    let e = s.apply(1, Command::SetClusterVersion(1)).unwrap_err();
+    assert!(e.to_string().contains("never down"), "{e}");
+    assert_eq!(s.cluster_version, 2);
+}
+
+#[test]
+fn a_v2_command_is_refused_before_the_switch_with_what_to_do() {
+    let mut s = founded();
+    let compact = Command::CompactStack(Box::new(CompactChange {
+        scale: false,
+        change: StackChange {
+            stack: "web".into(),
+            revision: 1,
+            grid_version: s.grid.version(),
+            place: vec![],
+            remove: vec![],
+            source: SourceHash::of(b"x"),
+            file: StackFile {
+                name: "web".into(),
+                env: BTreeMap::new(),
+                nodes: vec![],
+            },
+            current: StackState::default(),
+            desired: vec![],
+            retiring: vec![],
+            images: BTreeMap::new(),
+            routes: BTreeMap::new(),
+        },
+        envs: vec![],
+        env_of: vec![],
+    }));
+    assert_eq!((compact.format(), compact.needs_version()), (2, 2));
+    assert_eq!(Command::SetClusterVersion(2).format(), 2);
+    assert_eq!(Command::RemoveServer { name: "x".into() }.format(), 1);
+    let e = s.apply(1, compact).unwrap_err();
+    assert_eq!(
+        e,
+        Refusal::NeedsClusterVersion {
+            needed: 2,
+            current: 1
+        }
+    );
+    assert!(
+        e.to_string().contains("upgrade the remaining servers"),
+        "{e}"
+    );
+}

@@ -8,6 +8,9 @@
 //!   [`RECONCILE_EVERY`] (a learner catching up is noticed by polling Raft's local status);
 //!   the grid is read (ReadIndex) only when the server list changed or a step failed, and
 //!   every few seconds.
+//!   It also switches the cluster version up ([`crate::version::next_cluster_version`]) once
+//!   every server's gossip record says it supports the next one: one committed
+//!   `SetClusterVersion`.
 //! - [`keep_record`]: makes this server's record say what its config says (the founder's first
 //!   record, with the initial global env; later, new addresses, ports, memory or tags).
 //! - [`follow_servers`]: keeps the transport's address book and the peers file in step with
@@ -160,6 +163,34 @@ async fn grid_step(c: &Cluster) -> bool {
     }
 }
 
+/// Switch the cluster version up once every server supports the next one (as its last gossip
+/// record says; this server by its build).
+async fn version_step(c: &Cluster) {
+    let current = c.cluster_version_now();
+    if current >= crate::version::STATE_VERSION_MAX {
+        return;
+    }
+    let servers = c.servers_now();
+    let liveness = c.liveness_now();
+    let me = c.me().name;
+    let members = servers.keys().map(|name| {
+        if *name == me {
+            return Some(crate::version::STATE_VERSION_MAX);
+        }
+        let l = liveness.get(&ServerId(name.clone()))?;
+        l.record.as_ref().map(|r| r.state_versions.1)
+    });
+    let Some(next) = crate::version::next_cluster_version(current, members) else {
+        return;
+    };
+    match c.write(Command::SetClusterVersion(next)).await {
+        Ok(_) => tracing::info!(
+            "cluster version switched from v{current} to v{next}: every server supports it"
+        ),
+        Err(e) => tracing::info!("cluster version not switched to v{next} yet: {e}"),
+    }
+}
+
 /// The leader's reconciler: runs until the node stops. A voter down for longer than
 /// `heal_grace` is replaced (see `heal.rs`).
 pub async fn reconcile(c: Arc<Cluster>, heal_grace: Duration) {
@@ -173,6 +204,7 @@ pub async fn reconcile(c: Arc<Cluster>, heal_grace: Duration) {
         match c.handle().status().await {
             Ok(status) if status.role == Role::Leader => {
                 membership_step(&c, &status, &mut heal).await;
+                version_step(&c).await;
                 if grid_due || grid_checked.elapsed() >= GRID_EVERY {
                     grid_due = !grid_step(&c).await;
                     grid_checked = tokio::time::Instant::now();

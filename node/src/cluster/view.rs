@@ -68,7 +68,10 @@ impl Cluster {
             address: me.address,
             rpc_port: me.rpc_port,
             api_port: me.api_port,
-            version: env!("CARGO_PKG_VERSION").to_owned(),
+            version: crate::version::VERSION.to_owned(),
+            commit: crate::version::COMMIT.to_owned(),
+            state_versions: crate::version::SUPPORTED,
+            cluster_version: Some(self.cluster_version_now()),
             raft: None,
             health: "raft has stopped on this server: restart quarryd (its log says why)"
                 .to_owned(),
@@ -154,7 +157,11 @@ impl Cluster {
                         Some(_) => "ok".to_owned(),
                     },
                 };
+                let seen = liveness.get(&ServerId(r.member.name.clone()));
+                let record = seen.and_then(|l| l.record.as_ref());
                 ServerEntry {
+                    build: record.map(|g| g.build.clone()).unwrap_or_default(),
+                    state_versions: record.map(|g| g.state_versions),
                     raft_id: id,
                     role: if voters.contains(&id) {
                         "voter"
@@ -166,9 +173,7 @@ impl Cluster {
                     .to_owned(),
                     health,
                     leader: leader == Some(id),
-                    liveness: liveness
-                        .get(&ServerId(r.member.name.clone()))
-                        .map(gossip_view),
+                    liveness: seen.map(gossip_view),
                     member: r.member,
                 }
             })

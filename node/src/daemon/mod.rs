@@ -370,7 +370,7 @@ pub async fn run(cfg: &Config) -> Result<Running, DaemonError> {
     let (inbox_tx, inbox_rx) = quarry_consensus::transport::inbox();
     let transport = RpcTransport::new(dialer.clone(), peers.clone(), inbox_tx.clone());
     let (machine, servers) = ClusterMachine::new();
-    let replacements = machine.replacements_watch();
+    let watches = machine.watches();
     let voters = if node.raft_id == cluster::FOUNDER_RAFT_ID {
         vec![node.raft_id]
     } else {
@@ -387,7 +387,7 @@ pub async fn run(cfg: &Config) -> Result<Running, DaemonError> {
         dialer,
         peers.clone(),
         servers,
-        replacements,
+        watches,
     ));
 
     let (lane_tx, lane_rx) = mpsc::channel(1024);

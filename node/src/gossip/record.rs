@@ -56,6 +56,17 @@ pub struct ServerRecord {
     pub generation: u64,
     /// The status summary.
     pub status: StatusSummary,
+    /// The quarryd build it runs (`0.1.0 (commit ...)`); empty from a build that did not say.
+    #[serde(default)]
+    pub build: String,
+    /// The state versions it supports, lowest and highest ([`crate::version`]); a build that
+    /// did not say supports v1 only.
+    #[serde(default = "v1_only")]
+    pub state_versions: (u32, u32),
+}
+
+fn v1_only() -> (u32, u32) {
+    (1, 1)
 }
 
 /// Why a record or generation could not be used.
@@ -95,6 +106,8 @@ impl ServerRecord {
                 raft_role: role,
                 ..StatusSummary::default()
             },
+            build: crate::version::build(),
+            state_versions: crate::version::SUPPORTED,
         }
     }
 
@@ -156,7 +169,40 @@ mod tests {
                 containers: 10_000,
                 memory_reserved: 64 << 30,
             },
+            build: "0.1.0 (commit 0123456789ab)".into(),
+            state_versions: (1, 2),
         }
+    }
+
+    /// The record as builds before the cluster version decoded it.
+    #[derive(Debug, Deserialize, Serialize)]
+    struct OldRecord {
+        name: ServerId,
+        address: IpAddr,
+        api_port: u16,
+        rpc_port: u16,
+        gossip_port: u16,
+        memory: u64,
+        tags: Vec<String>,
+        raft_id: Option<u64>,
+        generation: u64,
+        status: StatusSummary,
+    }
+
+    #[test]
+    fn old_and_new_servers_read_each_others_records() {
+        let new = record(2);
+        let old: OldRecord = serde_json::from_str(&new.encode().expect("encode")).expect("old");
+        assert_eq!(old.name, new.name, "an older server skips the new keys");
+        let from_old = ServerRecord::decode(&serde_json::to_string(&old).expect("json"))
+            .expect("new reads old");
+        assert_eq!(
+            from_old.state_versions,
+            (1, 1),
+            "a silent server supports v1 only"
+        );
+        assert_eq!(from_old.build, "");
+        assert_eq!(from_old.status, new.status);
     }
 
     #[test]

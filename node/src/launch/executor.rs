@@ -143,10 +143,10 @@ impl Launch {
             let mut change = compiled.change;
             change.images = holders(&change, &has, &plan, &failed);
             self.phase(id, "committing");
-            let command = match job.op {
-                Op::Deploy(_) => Command::Deploy(Box::new(change.clone())),
-                Op::Scale { .. } => Command::Scale(Box::new(change.clone())),
-            };
+            // From cluster version 2 on the change is committed compact (each env once).
+            let scale = matches!(job.op, Op::Scale { .. });
+            let version = self.cluster.cluster_version_now();
+            let command = Command::stack_change(change.clone(), scale, version);
             let written = self.cluster.write(command).await;
             let committed = match after_commit(&change, written, attempt) {
                 AfterCommit::Committed(revision) => Ok(revision),

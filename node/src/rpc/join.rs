@@ -18,6 +18,13 @@
 //! (as Docker Swarm's managers do); the admission itself is behind [`JoinAuthority`], which
 //! quarryd implements with the Raft-backed cluster.
 //!
+//! Versions: a joiner of a build that knows state versions asks on the
+//! [`Lane::JoinWithVersions`] lane, sending [`VersionedJoin`] (the request plus the state
+//! versions it supports); the member refuses it unless [`crate::version::check_join`] accepts
+//! it at the cluster's version ([`JoinAuthority::cluster_version`]), before anything is signed
+//! or committed. A member of an older build does not know that lane (it drops the
+//! connection at the hello); the joiner then asks on [`Lane::Join`], as older joiners do.
+//!
 //! Left out here: rotating the join secret or the CA.
 
 use std::net::{IpAddr, SocketAddr};
@@ -114,6 +121,15 @@ pub struct JoinRequest {
     pub member: Member,
 }
 
+/// What a joiner sends on [`Lane::JoinWithVersions`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VersionedJoin {
+    /// The request, as on [`Lane::Join`].
+    pub request: JoinRequest,
+    /// The state versions the joiner supports, lowest and highest.
+    pub supported: (u32, u32),
+}
+
 /// What an admitted joiner receives.
 #[derive(Clone, Serialize, Deserialize)]
 pub struct Admitted {
@@ -159,6 +175,11 @@ pub struct Admission {
 pub trait JoinAuthority: Send + Sync + 'static {
     /// Admit `member` (or refuse, with a reason for the joiner's operator).
     fn admit(&self, member: Member) -> BoxFuture<'_, Result<Admission, String>>;
+
+    /// The cluster version in force, which a joiner must be able to run at.
+    fn cluster_version(&self) -> u32 {
+        1
+    }
 }
 
 /// The member side of the Join lane.
@@ -206,17 +227,29 @@ impl JoinService {
         &self,
         s: &mut S,
         within: std::time::Duration,
+        versioned: bool,
     ) -> Result<(), RpcError> {
-        let req: JoinRequest =
-            tokio::time::timeout(within, codec::recv_within(s, codec::MAX_PREAUTH_FRAME))
-                .await
-                .map_err(|_| {
-                    codec::CodecError::Io(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        format!("no join request within {within:?}"),
-                    ))
-                })??;
-        let answer = self.answer(req).await;
+        let timed_out = |_| {
+            codec::CodecError::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no join request within {within:?}"),
+            ))
+        };
+        let (req, supported) = if versioned {
+            let v: VersionedJoin =
+                tokio::time::timeout(within, codec::recv_within(s, codec::MAX_PREAUTH_FRAME))
+                    .await
+                    .map_err(timed_out)??;
+            (v.request, v.supported)
+        } else {
+            // A joiner that does not say supports state v1 only.
+            let r: JoinRequest =
+                tokio::time::timeout(within, codec::recv_within(s, codec::MAX_PREAUTH_FRAME))
+                    .await
+                    .map_err(timed_out)??;
+            (r, (1, 1))
+        };
+        let answer = self.answer(req, supported).await;
         if let Err(why) = &answer {
             tracing::info!("join refused: {why}");
         }
@@ -224,7 +257,7 @@ impl JoinService {
         Ok(())
     }
 
-    async fn answer(&self, req: JoinRequest) -> JoinAnswer {
+    async fn answer(&self, req: JoinRequest, supported: (u32, u32)) -> JoinAnswer {
         let ours = JoinToken {
             ca: self.ca.digest(),
             secret: self.secret,
@@ -238,6 +271,7 @@ impl JoinService {
         }
         let name = req.member.name.clone();
         check_server_name(&name)?;
+        crate::version::check_join(self.authority.cluster_version(), supported)?;
         let cert_pem = self
             .ca
             .sign_csr(&req.csr_pem, &name)
@@ -291,16 +325,46 @@ pub async fn join(
     csr_pem: String,
     member: Member,
 ) -> Result<Admitted, JoinError> {
+    join_as(addr, token, csr_pem, member, crate::version::SUPPORTED).await
+}
+
+/// [`join`], saying that this server supports the state versions `supported` (tests play a
+/// joiner of a build that does not exist yet with it).
+pub async fn join_as(
+    addr: SocketAddr,
+    token: &JoinToken,
+    csr_pem: String,
+    member: Member,
+    supported: (u32, u32),
+) -> Result<Admitted, JoinError> {
     let rpc = JoinError::Rpc;
     let tls = pki::join_client_config(token.ca).map_err(|e| rpc(e.into()))?;
-    let mut s = client::dial(addr, tls, Lane::Join).await.map_err(rpc)?;
-    let presented = pki::presented_ca(s.get_ref().1, token.ca);
     let req = JoinRequest {
         secret: token.secret,
         csr_pem,
         member,
     };
-    codec::send(&mut s, &req).await.map_err(|e| rpc(e.into()))?;
+    // Ask on the versioned lane; a member too old to know it drops the connection at the
+    // hello, and is asked again on the plain one.
+    let (mut s, versioned) = match client::dial(addr, tls.clone(), Lane::JoinWithVersions).await {
+        Ok(s) => (s, true),
+        Err(e) => {
+            tracing::debug!("{addr} does not take versioned joins ({e}): asking the old way");
+            let s = client::dial(addr, tls, Lane::Join).await.map_err(rpc)?;
+            (s, false)
+        }
+    };
+    let presented = pki::presented_ca(s.get_ref().1, token.ca);
+    let sent = if versioned {
+        let v = VersionedJoin {
+            request: req,
+            supported,
+        };
+        codec::send(&mut s, &v).await
+    } else {
+        codec::send(&mut s, &req).await
+    };
+    sent.map_err(|e| rpc(e.into()))?;
     let answer: JoinAnswer = tokio::time::timeout(JOIN_TIMEOUT, codec::recv(&mut s))
         .await
         .map_err(|_| JoinError::Refused {

@@ -47,6 +47,17 @@ pub enum Lane {
     Bulk,
     /// A new server asking to join (no certificate yet).
     Join,
+    /// A new server asking to join and saying which state versions it supports
+    /// ([`join::VersionedJoin`]), so a member refuses one that cannot run at the cluster's
+    /// version. Appended (older members do not know it: the joiner falls back to [`Lane::Join`]).
+    JoinWithVersions,
+}
+
+impl Lane {
+    /// Whether it is a join lane (the only lanes open to a peer without a certificate).
+    pub fn is_join(self) -> bool {
+        matches!(self, Lane::Join | Lane::JoinWithVersions)
+    }
 }
 
 /// The first frame of every connection.

@@ -245,7 +245,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             "protocol version {} is not {PROTOCOL}: upgrade quarryd on both servers to the same release",
             hello.version
         ))
-    } else if hello.lane != Lane::Join && member.is_none() {
+    } else if !hello.lane.is_join() && member.is_none() {
         Some(format!(
             "the {:?} lane needs a certificate from this cluster's CA; a new server must join first \
              (`quarryd join ADDR --token T`)",
@@ -256,7 +256,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             Lane::Raft => h.raft.is_none(),
             Lane::Control => h.control.is_none(),
             Lane::Bulk => h.bulk.is_none(),
-            Lane::Join => h.join.is_none(),
+            Lane::Join | Lane::JoinWithVersions => h.join.is_none(),
         };
         missing.then(|| format!("this server does not serve the {:?} lane yet", hello.lane))
     };
@@ -295,8 +295,11 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             }
             Ok(())
         }
-        Lane::Join => match &h.join {
-            Some(j) => j.serve(&mut s, first_frame_within).await,
+        Lane::Join | Lane::JoinWithVersions => match &h.join {
+            Some(j) => {
+                j.serve(&mut s, first_frame_within, hello.lane == Lane::JoinWithVersions)
+                    .await
+            }
             None => Ok(()),
         },
     }
