@@ -1,5 +1,7 @@
-//! The leader's background work, every [`TICK`] and whenever this server applies an entry
-//! (Raft's watch): the routers' table (computed by
+//! The leader's background work, whenever this server applies an entry (Raft's watch), the
+//! soft state says something changed (a report that says something new, a router's
+//! acknowledgement: [`super::soft::Owner::changed`]) and on a slow [`SAFETY_TICK`]: the
+//! routers' table (computed by
 //! [`routing::table`] from the committed routes and the servers' reports, pushed to every
 //! server tagged `router`, acknowledged once nginx serves it), and each stack's rollout
 //! ([`routing::verdict`]): retire the replaced replicas once the new ones are ready and every
@@ -10,9 +12,10 @@
 //! the routers an empty table. All of this is soft state, rebuilt by the next leader.
 //!
 //! The committed state is read (ReadIndex) only when this server applied an entry since the
-//! last read; a tick with nothing due (every router has the table, nothing rolls out) asks
+//! last read; a round with nothing due (every router has the table, nothing rolls out) asks
 //! Raft nothing, and one that acts on a view it did not read this tick confirms its
-//! leadership with ReadIndex first.
+//! leadership with ReadIndex first. What the round needs of the soft state (the table, what
+//! is due, the rollout's verdict) its owner task computes from its own copy.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -26,8 +29,10 @@ use super::soft::{routers, unexpected, Answer, Msg, SILENT};
 use super::Launch;
 use crate::cluster::{ClusterState, Command};
 
-/// How often the leader looks.
-const TICK: Duration = Duration::from_millis(250);
+/// How often the leader looks when nothing woke it (an entry applied, a report that says
+/// something new, a router's acknowledgement): for the timed parts (a table's refresh, a
+/// silent server, a rollout's limit, a failed push tried again), all of them seconds.
+const SAFETY_TICK: Duration = Duration::from_secs(1);
 /// How long a new leader gathers reports before it routes or judges.
 const WARM_UP: Duration = Duration::from_secs(3);
 /// How long one push may take (nginx waits for old workers to drain).
@@ -44,7 +49,8 @@ impl Launch {
         loop {
             tokio::select! {
                 r = raft.changed() => if r.is_err() { return }, // Raft stopped
-                _ = tokio::time::sleep(TICK) => {}
+                _ = self.soft.changed() => {}
+                _ = tokio::time::sleep(SAFETY_TICK) => {}
             }
             let now = *raft.borrow_and_update();
             if now.role != Role::Leader {

@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::Instant;
 
 use super::protocol::{DeployView, PsView, RouterEntry, RoutesView, ServerReport, StackEntry};
@@ -184,6 +184,9 @@ pub(super) struct Soft {
     routers: BTreeMap<String, RouterAck>,
     /// Stack -> (the revision rolling out, since when this leader watches it).
     watched: BTreeMap<String, (u64, Instant)>,
+    /// Something the leader's loop acts on changed since [`Soft::take_changed`]: a report
+    /// that says something new, a router's acknowledgement.
+    changed: bool,
 }
 
 impl Soft {
@@ -191,6 +194,11 @@ impl Soft {
     pub(super) fn handle(&mut self, now: Instant, msg: Msg) -> Answer {
         match msg {
             Msg::ReportArrived(r) => {
+                let same = self
+                    .reports
+                    .get(&r.server)
+                    .is_some_and(|(at, last)| *last == r && now.duration_since(*at) <= FRESH);
+                self.changed |= !same;
                 self.reports.insert(r.server.clone(), (now, r));
             }
             Msg::DeployAccepted { id, stack, line } => {
@@ -244,6 +252,7 @@ impl Soft {
                 ack.pushing = false;
                 ack.acked = Some((now, table));
                 ack.error = None;
+                self.changed = true;
             }
             Msg::RouterFailed { router, error } => {
                 let ack = self.routers.entry(router).or_default();
@@ -275,6 +284,12 @@ impl Soft {
             Msg::Routes { state } => return Answer::Routes(self.routes(now, &state)),
         }
         Answer::Done
+    }
+
+    /// Whether something the leader's loop acts on changed since the last call (a failed
+    /// push does not count: it is tried again on the loop's safety tick, not at once).
+    pub(super) fn take_changed(&mut self) -> bool {
+        std::mem::take(&mut self.changed)
     }
 
     fn begin(
@@ -597,7 +612,10 @@ type Envelope = (Msg, Option<oneshot::Sender<Answer>>);
 
 /// The owner task's address: tell it, or ask it.
 #[derive(Debug, Clone)]
-pub(super) struct Owner(mpsc::UnboundedSender<Envelope>);
+pub(super) struct Owner {
+    tx: mpsc::UnboundedSender<Envelope>,
+    changed: Arc<Notify>,
+}
 
 const STOPPED: &str = "the leader's soft state has stopped (quarryd is shutting down)";
 
@@ -605,27 +623,38 @@ impl Owner {
     /// Start the task that owns a fresh [`Soft`]; it ends once every [`Owner`] is dropped.
     pub(super) fn spawn() -> Owner {
         let (tx, mut rx) = mpsc::unbounded_channel::<Envelope>();
+        let changed = Arc::new(Notify::new());
+        let notify = changed.clone();
         tokio::spawn(async move {
             let mut soft = Soft::default();
             while let Some((msg, reply)) = rx.recv().await {
                 let answer = soft.handle(Instant::now(), msg);
+                if soft.take_changed() {
+                    notify.notify_one();
+                }
                 if let Some(reply) = reply {
                     let _ = reply.send(answer);
                 }
             }
         });
-        Owner(tx)
+        Owner { tx, changed }
+    }
+
+    /// Woken once something the leader's loop acts on changed (see [`Soft::take_changed`]);
+    /// a change while nobody waits is kept for the next wait.
+    pub(super) async fn changed(&self) {
+        self.changed.notified().await
     }
 
     /// Tell it something (never waits; unbounded: a message is small and handled at once).
     pub(super) fn tell(&self, msg: Msg) {
-        let _ = self.0.send((msg, None));
+        let _ = self.tx.send((msg, None));
     }
 
     /// Ask it something: its answer once every message sent before is handled.
     pub(super) async fn ask(&self, msg: Msg) -> Result<Answer, String> {
         let (tx, rx) = oneshot::channel();
-        self.0
+        self.tx
             .send((msg, Some(tx)))
             .map_err(|_| STOPPED.to_owned())?;
         rx.await.map_err(|_| STOPPED.to_owned())

@@ -452,3 +452,37 @@ fn a_container_is_ready_when_its_fresh_report_says_running_and_healthy_or_unprob
         Ready::No(why) if why == "no report for 6s"
     ));
 }
+
+#[test]
+fn the_leaders_loop_is_woken_by_a_report_that_says_something_new_or_an_ack_not_by_repeats() {
+    let state = deploying();
+    let mut s = Script::new();
+    s.report_all(0, &state, "healthy");
+    assert!(s.soft.take_changed(), "first reports");
+    s.report_all(1, &state, "healthy");
+    assert!(!s.soft.take_changed(), "the same again");
+    s.at(2, Msg::ReportArrived(report(&state, "h2", "unhealthy")));
+    assert!(s.soft.take_changed(), "h2's containers changed");
+    let late = 2 + FRESH.as_secs() + 1;
+    s.at(late, Msg::ReportArrived(report(&state, "h2", "unhealthy")));
+    assert!(s.soft.take_changed(), "h2 was silent: its report is news");
+    s.at(
+        late,
+        Msg::RouterFailed {
+            router: "h1".into(),
+            error: "refused".into(),
+        },
+    );
+    assert!(
+        !s.soft.take_changed(),
+        "a failed push waits for the safety tick"
+    );
+    s.at(
+        late,
+        Msg::RouterAcked {
+            router: "h1".into(),
+            table: RouteTable::default(),
+        },
+    );
+    assert!(s.soft.take_changed(), "an acknowledgement");
+}
