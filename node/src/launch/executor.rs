@@ -10,14 +10,52 @@ use tokio::time::Instant;
 
 use super::commit::{after_commit, settle, AfterCommit, OUTCOME_UNKNOWN};
 use super::compile::{self, build_images, images_by_server, PlanInputs};
-use super::leader::{
-    job_file, Job, Op, ASK_LIMIT, BUILD_LIMIT, FRESH, ROLLOUT, SEND_LIMIT, SILENT,
-};
-use super::protocol::{BuildJob, LaunchAnswer, LaunchRequest, ServerReport};
-use super::{lock, Launch};
-use crate::cluster::{ClusterState, Command, StackChange};
+use super::protocol::{BuildJob, LaunchAnswer, LaunchRequest};
+use super::soft::{unexpected, Answer, Msg, SILENT};
+use super::Launch;
+use crate::cluster::{ClusterState, Command, Refusal, StackChange};
 use crate::images::{self, ImageNeeds};
-use crate::types::{ServerId, SliceId};
+use crate::source::SourceHash;
+use crate::spec::StackFile;
+use crate::types::ServerId;
+
+/// How long a deploy waits for its rollout before it says what is still missing.
+pub(super) const ROLLOUT: Duration = Duration::from_secs(60);
+/// How long one build may take.
+pub(super) const BUILD_LIMIT: Duration = Duration::from_secs(600);
+/// How long one transfer may take.
+pub(super) const SEND_LIMIT: Duration = Duration::from_secs(600);
+/// How long asking a server for its images may take.
+pub(super) const ASK_LIMIT: Duration = Duration::from_secs(3);
+
+/// What a deploy or a scale does.
+#[derive(Debug, Clone)]
+pub(super) enum Op {
+    Deploy(Box<StackFile>),
+    Scale { node: String, replicas: u32 },
+}
+
+/// An accepted deploy or scale.
+#[derive(Debug, Clone)]
+pub(super) struct Job {
+    pub(super) id: String,
+    pub(super) stack: String,
+    pub(super) op: Op,
+    pub(super) source: SourceHash,
+    pub(super) holders: Vec<String>,
+}
+
+pub(super) fn job_file(job: &Job, inputs: &PlanInputs) -> Result<StackFile, String> {
+    match &job.op {
+        Op::Deploy(file) => Ok((**file).clone()),
+        Op::Scale { node, replicas } => {
+            let Some(file) = &inputs.record.file else {
+                return Err(Refusal::UnknownStack(job.stack.clone()).to_string());
+            };
+            compile::rescale(file, node, *replicas)
+        }
+    }
+}
 
 impl Launch {
     /// Run a job to its end (see the module docs of [`crate::launch`]).
@@ -187,9 +225,10 @@ impl Launch {
                             change.retiring.len()
                         ),
                     );
-                    if let Some(d) = lock(&self.leader.deploys).get_mut(id) {
-                        d.committed = Some(revision);
-                    }
+                    self.soft.tell(Msg::DeployCommitted {
+                        id: id.to_owned(),
+                        revision,
+                    });
                     break (change, (plan, failed));
                 }
                 Err(why) => return Err(why),
@@ -447,78 +486,17 @@ impl Launch {
             .await
             .ok()
             .flatten();
-        let Some(rec) = rec else {
-            return (0, vec!["the stack's record".to_owned()]);
-        };
-        if rec.revision != revision {
-            return (0, Vec::new()); // a later change took over
+        let record = rec.map(Box::new);
+        let asked = self.soft.ask(Msg::Readiness {
+            stack: stack.to_owned(),
+            revision,
+            record,
+        });
+        match asked.await {
+            Ok(Answer::Readiness(ready, waiting)) => (ready, waiting),
+            Ok(other) => (0, vec![unexpected(other)]),
+            Err(e) => (0, vec![e]),
         }
-        let reports = lock(&self.leader.reports).clone();
-        let mut ready = 0;
-        let mut waiting = Vec::new();
-        for d in rec
-            .desired
-            .iter()
-            .filter(|d| !rec.retiring.contains(&d.slice))
-        {
-            let server = d
-                .placement
-                .as_ref()
-                .map(|p| p.server.0.clone())
-                .unwrap_or_default();
-            match container_state(&reports, &server, stack, &d.slice) {
-                Ready::Yes => ready += 1,
-                Ready::No(why) => {
-                    waiting.push(format!("{} on {server} ({why})", d.container_name()))
-                }
-            }
-        }
-        if !rec.retiring.is_empty() {
-            waiting.push(format!(
-                "{} replaced container(s) to retire",
-                rec.retiring.len()
-            ));
-        }
-        (ready, waiting)
-    }
-}
-
-/// Whether a container runs and is healthy, as its server reports it.
-pub(super) enum Ready {
-    Yes,
-    No(String),
-}
-
-pub(super) fn container_state(
-    reports: &BTreeMap<String, (Instant, ServerReport)>,
-    server: &str,
-    stack: &str,
-    slice: &SliceId,
-) -> Ready {
-    let Some((at, r)) = reports.get(server) else {
-        return Ready::No("no report from it yet".to_owned());
-    };
-    if at.elapsed() > FRESH {
-        return Ready::No(format!("no report for {}s", at.elapsed().as_secs()));
-    }
-    if let Some(e) = &r.engine {
-        return Ready::No(format!("its engine: {e}"));
-    }
-    match r
-        .containers
-        .iter()
-        .find(|c| c.stack == stack && c.slice == slice.0)
-    {
-        Some(c) if c.state == "running" && (c.health == "healthy" || c.health == "none") => {
-            Ready::Yes
-        }
-        Some(c) => Ready::No(format!("{}, {}", c.status, c.health)),
-        None => Ready::No(
-            r.problems
-                .get(&slice.0)
-                .cloned()
-                .unwrap_or_else(|| "not created yet".to_owned()),
-        ),
     }
 }
 
@@ -549,75 +527,7 @@ fn holders(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::launch::protocol::ContainerReport;
-    use crate::source::SourceHash;
-    use crate::spec::StackFile;
-
-    fn report(containers: Vec<ContainerReport>) -> ServerReport {
-        ServerReport {
-            server: "h1".into(),
-            engine: None,
-            fresh: true,
-            containers,
-            problems: BTreeMap::from([("s.web.r1.1".to_owned(), "waiting for image x".to_owned())]),
-        }
-    }
-
-    fn row(slice: &str, state: &str, health: &str) -> ContainerReport {
-        ContainerReport {
-            stack: "s".into(),
-            node: "web".into(),
-            kind: "web".into(),
-            replica: 0,
-            revision: 1,
-            slice: slice.into(),
-            id: "id".into(),
-            name: "n".into(),
-            state: state.into(),
-            status: state.into(),
-            health: health.into(),
-            address: None,
-            image: "i".into(),
-        }
-    }
-
-    fn ready(
-        reports: &BTreeMap<String, (Instant, ServerReport)>,
-        slice: &str,
-    ) -> Result<(), String> {
-        match container_state(reports, "h1", "s", &SliceId(slice.into())) {
-            Ready::Yes => Ok(()),
-            Ready::No(why) => Err(why),
-        }
-    }
-
-    #[test]
-    fn a_container_is_ready_when_its_fresh_report_says_running_and_healthy_or_unprobed() {
-        let reports = BTreeMap::from([(
-            "h1".to_owned(),
-            (
-                Instant::now(),
-                report(vec![
-                    row("s.web.r1.0", "running", "healthy"),
-                    row("s.ticker.r1.0", "running", "none"),
-                    row("s.web.r1.2", "running", "starting (last probe: refused)"),
-                    row("s.web.r1.3", "stopped", "-"),
-                ]),
-            ),
-        )]);
-        assert_eq!(ready(&reports, "s.web.r1.0"), Ok(()));
-        assert_eq!(ready(&reports, "s.ticker.r1.0"), Ok(()));
-        assert!(ready(&reports, "s.web.r1.2")
-            .unwrap_err()
-            .contains("starting"));
-        assert!(ready(&reports, "s.web.r1.3").is_err());
-        assert_eq!(
-            ready(&reports, "s.web.r1.1"),
-            Err("waiting for image x".to_owned()),
-            "the server's problem is the reason"
-        );
-        assert!(container_state(&BTreeMap::new(), "h1", "s", &SliceId("x".into())).is_no());
-    }
+    use crate::types::SliceId;
 
     #[test]
     fn holders_are_the_servers_keeping_an_image_after_the_removals_unless_a_transfer_failed() {
@@ -687,11 +597,5 @@ mod tests {
             vec![ServerId("h1".into()), ServerId("h2".into())],
             "a failed transfer keeps it where it is"
         );
-    }
-
-    impl Ready {
-        fn is_no(&self) -> bool {
-            matches!(self, Ready::No(_))
-        }
     }
 }

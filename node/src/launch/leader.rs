@@ -1,107 +1,42 @@
-//! The leader's part: accept deploys and scales (checked and placed before the answer), keep
-//! their progress and the servers' reports (soft state). Running them is `executor.rs`;
-//! retiring replaced replicas and the `ps`/`stacks` views are `views.rs`.
+//! The leader's part: accept deploys and scales (checked and placed before the answer) and
+//! answer the leader's requests. Their progress and the servers' reports are soft state,
+//! owned by one task (`soft.rs`, views in `views.rs`); running a job is `executor.rs`;
+//! routing and retiring replaced replicas are `rollout.rs`.
 
-use std::collections::BTreeMap;
-use std::sync::Mutex;
-use std::time::Duration;
-
-use tokio::time::Instant;
+use std::sync::Arc;
 
 use super::compile::{self, PlanInputs};
-use super::protocol::{Accepted, DeployView, LaunchAnswer, LaunchRequest, ServerReport};
-use super::{lock, Launch};
+use super::executor::{job_file, Job, Op};
+use super::protocol::{Accepted, LaunchAnswer, LaunchRequest, PsView, RoutesView, StackEntry};
+use super::soft::{unexpected, Answer, Msg, Records};
+use super::Launch;
 use crate::cluster::{ClusterState, Refusal};
 use crate::source::SourceHash;
-use crate::spec::{self, DirFacts, StackFile};
-
-/// A report older than this is not trusted (its server is silent).
-pub(super) const FRESH: Duration = Duration::from_secs(5);
-/// How long a deploy waits for its rollout before it says what is still missing.
-pub(super) const ROLLOUT: Duration = Duration::from_secs(60);
-/// How long one build may take.
-pub(super) const BUILD_LIMIT: Duration = Duration::from_secs(600);
-/// How long one transfer may take.
-pub(super) const SEND_LIMIT: Duration = Duration::from_secs(600);
-/// How long asking a server for its images may take.
-pub(super) const ASK_LIMIT: Duration = Duration::from_secs(3);
-/// A server Raft has not heard from for this long is taken as gone for a build or transfer.
-pub(super) const SILENT: Duration = Duration::from_secs(3);
-/// How many deploys' progress the leader keeps.
-pub(super) const KEEP_DEPLOYS: usize = 50;
-
-/// What the leader keeps in memory (soft state).
-#[derive(Debug, Default)]
-pub(super) struct LeaderState {
-    /// Server -> its last report and when it came.
-    pub(super) reports: Mutex<BTreeMap<String, (Instant, ServerReport)>>,
-    /// Deploy id -> its progress.
-    pub(super) deploys: Mutex<BTreeMap<String, DeployLog>>,
-    /// Stack -> the deploy running on it.
-    pub(super) busy: Mutex<BTreeMap<String, String>>,
-    /// Stack -> why its last deploy failed (until one succeeds).
-    pub(super) failures: Mutex<BTreeMap<String, String>>,
-    /// Since when this server leads (`None`: it does not).
-    pub(super) since: Mutex<Option<Instant>>,
-    /// Router -> what it acknowledged.
-    pub(super) routers: Mutex<BTreeMap<String, super::rollout::RouterAck>>,
-    /// Stack -> (the revision rolling out, since when this leader watches it).
-    pub(super) watched: Mutex<BTreeMap<String, (u64, Instant)>>,
-}
-
-/// One deploy's progress.
-#[derive(Debug, Clone)]
-pub(super) struct DeployLog {
-    stack: String,
-    phase: String,
-    lines: Vec<String>,
-    done: bool,
-    failed: Option<String>,
-    /// The stack revision committed, once it is.
-    pub(super) committed: Option<u64>,
-    started: Instant,
-}
-
-/// What a deploy or a scale does.
-#[derive(Debug, Clone)]
-pub(super) enum Op {
-    Deploy(Box<StackFile>),
-    Scale { node: String, replicas: u32 },
-}
-
-/// An accepted deploy or scale.
-#[derive(Debug, Clone)]
-pub(super) struct Job {
-    pub(super) id: String,
-    pub(super) stack: String,
-    pub(super) op: Op,
-    pub(super) source: SourceHash,
-    pub(super) holders: Vec<String>,
-}
+use crate::spec::{self, DirFacts};
 
 impl Launch {
     pub(super) async fn answer_as_leader(&self, req: LaunchRequest) -> LaunchAnswer {
         match req {
             LaunchRequest::Report(r) => {
-                lock(&self.leader.reports).insert(r.server.clone(), (Instant::now(), r));
+                self.soft.tell(Msg::ReportArrived(r));
                 LaunchAnswer::Done
             }
-            LaunchRequest::Progress { id, since } => match lock(&self.leader.deploys).get(&id) {
-                Some(d) => LaunchAnswer::Progress(DeployView {
-                    id,
-                    stack: d.stack.clone(),
-                    phase: d.phase.clone(),
-                    lines: d.lines.iter().skip(since).cloned().collect(),
-                    next: d.lines.len(),
-                    done: d.done,
-                    failed: d.failed.clone(),
-                    committed: d.committed,
-                }),
-                None => LaunchAnswer::Failed(format!(
+            LaunchRequest::Progress { id, since } => match self
+                .soft
+                .ask(Msg::Progress {
+                    id: id.clone(),
+                    since,
+                })
+                .await
+            {
+                Ok(Answer::Progress(Some(v))) => LaunchAnswer::Progress(v),
+                Ok(Answer::Progress(None)) => LaunchAnswer::Failed(format!(
                     "the leader knows no deploy {id}: leadership moved since it began, and \
                      what it had not committed is lost — see `quarry stacks` and `quarry ps`, \
                      and deploy again if the stack is not at the revision you expect"
                 )),
+                Ok(other) => LaunchAnswer::Failed(unexpected(other)),
+                Err(e) => LaunchAnswer::Failed(e),
             },
             LaunchRequest::Ps { stack } => match self.ps(stack).await {
                 Ok(v) => LaunchAnswer::Ps(v),
@@ -230,17 +165,6 @@ impl Launch {
         let file = job_file(&job, &inputs)?;
         let compiled = compile::compile(&inputs, &file, &job.source)
             .map_err(|e| format!("{e}\nnothing was deployed or changed"))?;
-        {
-            let mut busy = lock(&self.leader.busy);
-            if let Some(other) = busy.get(&job.stack) {
-                return Err(format!(
-                    "a deploy of {} is running ({other}): wait until it is done (`quarry \
-                     stacks`), then try again",
-                    job.stack
-                ));
-            }
-            busy.insert(job.stack.clone(), job.id.clone());
-        }
         let accepted = Accepted {
             id: job.id.clone(),
             stack: job.stack.clone(),
@@ -256,43 +180,31 @@ impl Launch {
                 .collect(),
             holders: job.holders.clone(),
         };
-        let id = job.id.clone();
-        {
-            let mut deploys = lock(&self.leader.deploys);
-            while deploys.len() >= KEEP_DEPLOYS {
-                let oldest = deploys
-                    .iter()
-                    .filter(|(_, d)| d.done)
-                    .min_by_key(|(_, d)| d.started)
-                    .map(|(id, _)| id.clone());
-                match oldest {
-                    Some(id) => deploys.remove(&id),
-                    None => break,
-                };
+        let line = format!(
+            "accepted: revision {} of {} from source {} (stored on {})",
+            accepted.revision,
+            job.stack,
+            job.source.short(),
+            if job.holders.is_empty() {
+                "the servers".to_owned()
+            } else {
+                job.holders.join(", ")
             }
-            deploys.insert(
-                job.id.clone(),
-                DeployLog {
-                    stack: job.stack.clone(),
-                    phase: "accepted".to_owned(),
-                    lines: vec![format!(
-                        "accepted: revision {} of {} from source {} (stored on {})",
-                        accepted.revision,
-                        job.stack,
-                        job.source.short(),
-                        if job.holders.is_empty() {
-                            "the servers".to_owned()
-                        } else {
-                            job.holders.join(", ")
-                        }
-                    )],
-                    done: false,
-                    failed: None,
-                    committed: None,
-                    started: Instant::now(),
-                },
-            );
+        );
+        let begun = self
+            .soft
+            .ask(Msg::DeployAccepted {
+                id: job.id.clone(),
+                stack: job.stack.clone(),
+                line,
+            })
+            .await?;
+        match begun {
+            Answer::Begun(Ok(())) => {}
+            Answer::Begun(Err(busy)) => return Err(busy),
+            other => return Err(unexpected(other)),
         }
+        let id = job.id.clone();
         tracing::info!(deploy = %id, stack = %accepted.stack, "deploy accepted");
         tokio::spawn(self.arc().run_job(job));
         Ok(accepted)
@@ -301,50 +213,90 @@ impl Launch {
     pub(super) fn say(&self, id: &str, line: impl Into<String>) {
         let line = line.into();
         tracing::info!(deploy = id, "{line}");
-        if let Some(d) = lock(&self.leader.deploys).get_mut(id) {
-            d.lines.push(line);
-        }
+        self.soft.tell(Msg::DeploySaid {
+            id: id.to_owned(),
+            line,
+        });
     }
 
     pub(super) fn phase(&self, id: &str, phase: &str) {
-        if let Some(d) = lock(&self.leader.deploys).get_mut(id) {
-            d.phase = phase.to_owned();
-        }
+        self.soft.tell(Msg::DeployPhase {
+            id: id.to_owned(),
+            phase: phase.to_owned(),
+        });
     }
 
     pub(super) fn finish(&self, job: &Job, failed: Option<String>) {
-        if let Some(d) = lock(&self.leader.deploys).get_mut(&job.id) {
-            d.done = true;
-            if failed.is_none() || d.phase != super::commit::OUTCOME_UNKNOWN {
-                d.phase = if failed.is_some() { "failed" } else { "done" }.to_owned();
+        self.soft.tell(Msg::DeployFinished {
+            id: job.id.clone(),
+            stack: job.stack.clone(),
+            failed,
+        });
+    }
+
+    /// The committed stack records (revision > 0), of `stack` only if given.
+    async fn records(&self, stack: Option<String>) -> Result<Records, String> {
+        self.cluster
+            .read(move |s: &ClusterState| {
+                s.stacks
+                    .iter()
+                    .filter(|(n, r)| r.revision > 0 && stack.as_ref().is_none_or(|w| w == *n))
+                    .map(|(n, r)| (n.clone(), r.clone()))
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    fn server_names(&self) -> Vec<String> {
+        self.cluster.servers_now().keys().cloned().collect()
+    }
+
+    /// `quarry ps`: see [`super::soft::Soft::ps`].
+    pub(super) async fn ps(&self, stack: Option<String>) -> Result<PsView, String> {
+        let records = self.records(stack.clone()).await?;
+        if let Some(s) = &stack {
+            if records.is_empty() {
+                return Err(Refusal::UnknownStack(s.clone()).to_string());
             }
-            d.failed = failed.clone();
         }
-        let mut failures = lock(&self.leader.failures);
-        match failed {
-            Some(f) => {
-                failures.insert(job.stack.clone(), f);
-            }
-            None => {
-                failures.remove(&job.stack);
-            }
+        let servers = self.server_names();
+        match self.soft.ask(Msg::Ps { records, servers }).await? {
+            Answer::Ps(v) => Ok(v),
+            other => Err(unexpected(other)),
         }
-        lock(&self.leader.busy).remove(&job.stack);
+    }
+
+    /// `quarry stacks`: see [`super::soft::Soft::stacks`].
+    pub(super) async fn stacks(&self) -> Result<Vec<StackEntry>, String> {
+        let records = self.records(None).await?;
+        let servers = self.server_names();
+        match self.soft.ask(Msg::Stacks { records, servers }).await? {
+            Answer::Stacks(v) => Ok(v),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// `quarry routes`.
+    pub(super) async fn routes(&self) -> Result<RoutesView, String> {
+        let state = self
+            .cluster
+            .read(|s: &ClusterState| s.clone())
+            .await
+            .map_err(|e| e.to_string())?;
+        match self
+            .soft
+            .ask(Msg::Routes {
+                state: Arc::new(state),
+            })
+            .await?
+        {
+            Answer::Routes(v) => Ok(v),
+            other => Err(unexpected(other)),
+        }
     }
 }
 
 fn new_id() -> String {
     hex::encode(&crate::pki::random_bytes()[..8])
-}
-
-pub(super) fn job_file(job: &Job, inputs: &PlanInputs) -> Result<StackFile, String> {
-    match &job.op {
-        Op::Deploy(file) => Ok((**file).clone()),
-        Op::Scale { node, replicas } => {
-            let Some(file) = &inputs.record.file else {
-                return Err(Refusal::UnknownStack(job.stack.clone()).to_string());
-            };
-            compile::rescale(file, node, *replicas)
-        }
-    }
 }

@@ -69,6 +69,7 @@ mod leader;
 mod rollout;
 mod router;
 mod server;
+mod soft;
 mod views;
 mod worker;
 
@@ -86,8 +87,8 @@ pub use protocol::{
     Accepted, ContainerReport, DeployView, LaunchAnswer, LaunchRequest, PsRow, PsView, RouterEntry,
     RoutesView, ServerReport, StackEntry,
 };
-pub use rollout::ROUTER_TAG;
 pub use routing::RoutesReport;
+pub use soft::ROUTER_TAG;
 
 use crate::bulk::BulkHandler;
 use crate::cluster::{Cluster, ControlAnswer, ControlRequest};
@@ -121,7 +122,8 @@ pub struct Launch {
     receiver: OnceLock<Arc<ImageReceiver>>,
     /// The router, on a server tagged `router` once [`Launch::start_router`] ran.
     router: OnceLock<router::Router>,
-    leader: leader::LeaderState,
+    /// The leader's soft state, owned by one task.
+    soft: soft::Owner,
     /// Open Control connections to other servers, by address.
     pool: Mutex<HashMap<SocketAddr, Vec<Requests>>>,
     /// The cluster's id: the `quarry.origin` of the containers this server makes.
@@ -161,7 +163,7 @@ impl Launch {
             engine: tokio::sync::Mutex::new(None),
             receiver: OnceLock::new(),
             router: OnceLock::new(),
-            leader: leader::LeaderState::default(),
+            soft: soft::Owner::spawn(),
             pool: Mutex::new(HashMap::new()),
             cluster_id,
             min_free_disk,

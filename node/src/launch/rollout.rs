@@ -1,5 +1,7 @@
-//! The leader's background work, every [`TICK`] and whenever this server applies an entry
-//! (Raft's watch): the routers' table (computed by
+//! The leader's background work, whenever this server applies an entry (Raft's watch), the
+//! soft state says something changed (a report that says something new, a router's
+//! acknowledgement: [`super::soft::Owner::changed`]) and on a slow [`SAFETY_TICK`]: the
+//! routers' table (computed by
 //! [`routing::table`] from the committed routes and the servers' reports, pushed to every
 //! server tagged `router`, acknowledged once nginx serves it), and each stack's rollout
 //! ([`routing::verdict`]): retire the replaced replicas once the new ones are ready and every
@@ -10,45 +12,31 @@
 //! the routers an empty table. All of this is soft state, rebuilt by the next leader.
 //!
 //! The committed state is read (ReadIndex) only when this server applied an entry since the
-//! last read; a tick with nothing due (every router has the table, nothing rolls out) asks
+//! last read; a round with nothing due (every router has the table, nothing rolls out) asks
 //! Raft nothing, and one that acts on a view it did not read this tick confirms its
-//! leadership with ReadIndex first.
+//! leadership with ReadIndex first. What the round needs of the soft state (the table, what
+//! is due, the rollout's verdict) its owner task computes from its own copy.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use quarry_consensus::Role;
-use tokio::time::Instant;
 
-use super::executor::{container_state, Ready};
-use super::protocol::{LaunchAnswer, LaunchRequest, RouterEntry, RoutesView};
-use super::routing::{self, Health, RouteTable, Verdict, SILENT_LIMIT};
-use super::{lock, Launch};
-use crate::cluster::{ClusterState, Command, StackRecord};
-use crate::types::DesiredContainer;
+use super::protocol::{LaunchAnswer, LaunchRequest};
+use super::routing::RouteTable;
+use super::soft::{routers, unexpected, Answer, Msg, SILENT};
+use super::Launch;
+use crate::cluster::{ClusterState, Command};
 
-/// How often the leader looks.
-const TICK: Duration = Duration::from_millis(250);
+/// How often the leader looks when nothing woke it (an entry applied, a report that says
+/// something new, a router's acknowledgement): for the timed parts (a table's refresh, a
+/// silent server, a rollout's limit, a failed push tried again), all of them seconds.
+const SAFETY_TICK: Duration = Duration::from_secs(1);
 /// How long a new leader gathers reports before it routes or judges.
 const WARM_UP: Duration = Duration::from_secs(3);
-/// A router is sent the table again after this long even if it did not change.
-const REFRESH: Duration = Duration::from_secs(5);
 /// How long one push may take (nginx waits for old workers to drain).
 const PUSH_LIMIT: Duration = Duration::from_secs(30);
-/// The tag that makes a server a router.
-pub const ROUTER_TAG: &str = "router";
-
-/// What the leader knows of one router.
-#[derive(Debug, Clone, Default)]
-pub(super) struct RouterAck {
-    /// The table it last acknowledged, and when.
-    acked: Option<(Instant, RouteTable)>,
-    /// A push is in flight.
-    pushing: bool,
-    /// Why the last push failed.
-    error: Option<String>,
-}
 
 impl Launch {
     /// The leader's background work (see the module docs). Runs until the process ends; acts
@@ -61,18 +49,19 @@ impl Launch {
         loop {
             tokio::select! {
                 r = raft.changed() => if r.is_err() { return }, // Raft stopped
-                _ = tokio::time::sleep(TICK) => {}
+                _ = self.soft.changed() => {}
+                _ = tokio::time::sleep(SAFETY_TICK) => {}
             }
             let now = *raft.borrow_and_update();
             if now.role != Role::Leader {
                 copy = None;
-                if lock(&self.leader.since).take().is_some() {
-                    lock(&self.leader.routers).clear();
-                    lock(&self.leader.watched).clear();
-                }
+                self.soft.tell(Msg::LeadershipLost);
                 continue;
             }
-            let since = *lock(&self.leader.since).get_or_insert_with(Instant::now);
+            let since = match self.soft.ask(Msg::LeadershipGained).await {
+                Ok(Answer::Since(at)) => at,
+                Ok(_) | Err(_) => continue,
+            };
             if since.elapsed() < WARM_UP {
                 continue;
             }
@@ -89,9 +78,25 @@ impl Launch {
             let Some((_, state)) = copy.clone() else {
                 continue;
             };
-            let table = self.route_table(&state);
-            let rolling = state.stacks.values().any(|r| !r.retiring.is_empty());
-            if !self.pushes_due(&state, &table) && !rolling {
+            let (table, due, rolling) = match self
+                .soft
+                .ask(Msg::Round {
+                    state: state.clone(),
+                })
+                .await
+            {
+                Ok(Answer::Round {
+                    table,
+                    due,
+                    rolling,
+                }) => (table, due, rolling),
+                Ok(other) => {
+                    tracing::warn!("lead: {}", unexpected(other));
+                    continue;
+                }
+                Err(_) => return, // the soft state stopped: quarryd ends
+            };
+            if !due && !rolling {
                 continue; // nothing to act on: no need to confirm the view
             }
             // About to act on a view not read this round: confirm leadership first.
@@ -101,56 +106,29 @@ impl Launch {
                     continue;
                 }
             }
-            self.push_routes(&state, now.term, &table);
-            if let Err(e) = self.rollouts(&state, since).await {
+            self.push_routes(&state, now.term, table).await;
+            if let Err(e) = self.rollouts(state).await {
                 tracing::debug!("rollout: {e}");
             }
         }
     }
 
-    /// Whether some router is due `table` (not acknowledged lately, no push in flight).
-    fn pushes_due(&self, state: &ClusterState, table: &RouteTable) -> bool {
-        let acks = lock(&self.leader.routers);
-        routers(state).iter().any(|r| {
-            acks.get(r).is_none_or(|ack| {
-                let fresh = ack
-                    .acked
-                    .as_ref()
-                    .is_some_and(|(at, t)| t == table && at.elapsed() < REFRESH);
-                !ack.pushing && !fresh
-            })
-        })
-    }
-
-    /// The routers' table now.
-    fn route_table(&self, state: &ClusterState) -> RouteTable {
-        let reports = lock(&self.leader.reports).clone();
-        let ready = |stack: &str, d: &DesiredContainer| {
-            let server = d.placement.as_ref().map(|p| p.server.0.as_str());
-            matches!(
-                container_state(&reports, server.unwrap_or(""), stack, &d.slice),
-                Ready::Yes
-            )
-        };
-        routing::table(&state.routes, &state.stacks, &ready)
-    }
-
     /// Send `table` to every router that has not acknowledged it (or not lately), each in
     /// its own task, one push per router at a time.
-    fn push_routes(self: &Arc<Self>, state: &ClusterState, term: u64, table: &RouteTable) {
+    async fn push_routes(self: &Arc<Self>, state: &ClusterState, term: u64, table: RouteTable) {
         let routers = routers(state);
-        let mut acks = lock(&self.leader.routers);
-        acks.retain(|r, _| routers.contains(r));
-        for r in routers {
-            let ack = acks.entry(r.clone()).or_default();
-            let fresh = ack
-                .acked
-                .as_ref()
-                .is_some_and(|(at, t)| t == table && at.elapsed() < REFRESH);
-            if ack.pushing || fresh {
-                continue;
-            }
-            ack.pushing = true;
+        let push = match self
+            .soft
+            .ask(Msg::PushRoutes {
+                routers,
+                table: table.clone(),
+            })
+            .await
+        {
+            Ok(Answer::Push(p)) => p,
+            Ok(_) | Err(_) => return,
+        };
+        for r in push {
             let (this, table) = (self.clone(), table.clone());
             tokio::spawn(async move {
                 let req = LaunchRequest::Route {
@@ -158,146 +136,70 @@ impl Launch {
                     table: table.clone(),
                 };
                 let answer = this.ask(&r, req, PUSH_LIMIT).await;
-                let mut acks = lock(&this.leader.routers);
-                let ack = acks.entry(r.clone()).or_default();
-                ack.pushing = false;
-                match answer {
-                    Ok(LaunchAnswer::Done) => {
-                        ack.acked = Some((Instant::now(), table));
-                        ack.error = None;
-                    }
+                let msg = match answer {
+                    Ok(LaunchAnswer::Done) => Msg::RouterAcked { router: r, table },
                     Ok(LaunchAnswer::Failed(e)) | Err(e) => {
                         tracing::warn!(router = %r, "table not applied: {e}");
-                        ack.error = Some(e);
+                        Msg::RouterFailed {
+                            router: r,
+                            error: e,
+                        }
                     }
-                    Ok(other) => ack.error = Some(format!("answered {other:?}")),
-                }
+                    Ok(other) => Msg::RouterFailed {
+                        router: r,
+                        error: format!("answered {other:?}"),
+                    },
+                };
+                this.soft.tell(msg);
             });
         }
     }
 
-    /// Whether every live router has acknowledged a table without `stack`'s retiring replicas
-    /// (a silent router gets the table once back; until then it cannot be waited for).
-    fn routers_switched(&self, state: &ClusterState, stack: &str, rec: &StackRecord) -> bool {
-        let retiring: BTreeSet<String> = rec.retiring.iter().map(|s| s.0.clone()).collect();
-        let acks = lock(&self.leader.routers);
-        routers(state).iter().all(|r| {
-            let live = *r == self.me()
-                || state.servers.get(r).is_some_and(|s| {
-                    self.cluster
-                        .peers()
-                        .heard_within(s.raft_id, super::leader::SILENT)
-                });
-            !live
-                || acks
-                    .get(r)
-                    .and_then(|a| a.acked.as_ref())
-                    .is_some_and(|(_, t)| routing::switched(t, stack, &retiring))
-        })
+    /// The routers heard from lately (this one always): those a rollout waits for.
+    fn live_routers(&self, state: &ClusterState) -> BTreeSet<String> {
+        routers(state)
+            .into_iter()
+            .filter(|r| {
+                *r == self.me()
+                    || state
+                        .servers
+                        .get(r)
+                        .is_some_and(|s| self.cluster.peers().heard_within(s.raft_id, SILENT))
+            })
+            .collect()
     }
 
-    /// Judge every stack whose deploy is rolling out; commit at most one decision per tick
+    /// Judge every stack whose deploy is rolling out; commit at most one decision per round
     /// (each moves the grid).
-    async fn rollouts(&self, state: &ClusterState, since: Instant) -> Result<(), String> {
-        let reports = lock(&self.leader.reports).clone();
-        let rolling: BTreeMap<&String, &StackRecord> = state
-            .stacks
-            .iter()
-            .filter(|(_, r)| !r.retiring.is_empty())
-            .collect();
-        let watched: BTreeMap<String, Instant> = {
-            let mut w = lock(&self.leader.watched);
-            w.retain(|s, (rev, _)| rolling.get(s).is_some_and(|r| r.revision == *rev));
-            for (s, r) in &rolling {
-                w.entry((*s).clone())
-                    .or_insert((r.revision, Instant::now()));
-            }
-            w.iter().map(|(s, (_, at))| (s.clone(), *at)).collect()
+    async fn rollouts(&self, state: Arc<ClusterState>) -> Result<(), String> {
+        let live = self.live_routers(&state);
+        let command = match self.soft.ask(Msg::Judge { state, live }).await? {
+            Answer::Judged(c) => c,
+            other => return Err(unexpected(other)),
         };
-        for (name, rec) in rolling {
-            let health = |d: &DesiredContainer| {
-                let server = d
-                    .placement
-                    .as_ref()
-                    .map(|p| p.server.0.clone())
-                    .unwrap_or_default();
-                let heard = reports.get(&server).map(|(at, _)| *at).unwrap_or(since);
-                let quiet = heard.max(since).elapsed();
-                match container_state(&reports, &server, name, &d.slice) {
-                    Ready::Yes => Health::Ready,
-                    _ if quiet > SILENT_LIMIT => Health::Failed(format!(
-                        "{server} has not reported for {}s",
-                        quiet.as_secs()
-                    )),
-                    Ready::No(why)
-                        if why.starts_with("unhealthy") || why.contains(", unhealthy") =>
-                    {
-                        Health::Failed(why)
-                    }
-                    Ready::No(why) => Health::Waiting(why),
-                }
-            };
-            let watched = watched.get(name).map(|t| t.elapsed()).unwrap_or_default();
-            let switched = self.routers_switched(state, name, rec);
-            let command = match routing::verdict(rec, &health, switched, watched) {
-                Verdict::Idle | Verdict::Wait(_) => continue,
-                Verdict::Retire => Command::Retire {
-                    stack: name.clone(),
-                    revision: rec.revision,
-                    grid_version: state.grid.version(),
-                    slices: rec.retiring.clone(),
-                },
-                Verdict::RollBack(reason) => {
-                    tracing::warn!(stack = %name, revision = rec.revision, "rolling back: {reason}");
-                    Command::Rollback {
-                        stack: name.clone(),
-                        revision: rec.revision,
-                        grid_version: state.grid.version(),
-                        reason,
-                    }
-                }
-            };
-            self.cluster
-                .write(command)
-                .await
-                .map_err(|e| e.to_string())?;
-            tracing::info!(stack = %name, revision = rec.revision, "rollout step committed");
+        let Some(command) = command else {
             return Ok(());
-        }
-        Ok(())
-    }
-
-    /// `quarry routes`.
-    pub(super) async fn routes(&self) -> Result<RoutesView, String> {
-        let state = self
-            .cluster
-            .read(|s: &ClusterState| s.clone())
+        };
+        let (stack, revision) = match &command {
+            Command::Retire {
+                stack, revision, ..
+            } => (stack.clone(), *revision),
+            Command::Rollback {
+                stack,
+                revision,
+                reason,
+                ..
+            } => {
+                tracing::warn!(stack = %stack, revision, "rolling back: {reason}");
+                (stack.clone(), *revision)
+            }
+            _ => (String::new(), 0),
+        };
+        self.cluster
+            .write(command)
             .await
             .map_err(|e| e.to_string())?;
-        let table = self.route_table(&state);
-        let acks = lock(&self.leader.routers).clone();
-        let routers = routers(&state)
-            .into_iter()
-            .map(|r| {
-                let ack = acks.get(&r).cloned().unwrap_or_default();
-                RouterEntry {
-                    current: ack.acked.as_ref().is_some_and(|(_, t)| *t == table),
-                    acked_secs_ago: ack.acked.as_ref().map(|(at, _)| at.elapsed().as_secs()),
-                    error: ack.error,
-                    server: r,
-                }
-            })
-            .collect();
-        Ok(RoutesView { table, routers })
+        tracing::info!(stack = %stack, revision, "rollout step committed");
+        Ok(())
     }
-}
-
-/// The servers tagged `router`.
-fn routers(state: &ClusterState) -> Vec<String> {
-    state
-        .servers
-        .iter()
-        .filter(|(_, s)| s.member.tags.iter().any(|t| t == ROUTER_TAG))
-        .map(|(n, _)| n.clone())
-        .collect()
 }

@@ -1,37 +1,21 @@
-//! The leader's views: `ps` / `stacks` from the committed state and the servers' reports.
+//! The leader's views: `ps` / `stacks` from the committed records and the servers' reports
+//! (pure: computed by the soft state's owner from its own copy, see [`super::soft`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::leader::FRESH;
-use super::protocol::{PsRow, PsView, StackEntry};
-use super::{lock, Launch};
-use crate::cluster::{ClusterState, Refusal};
+use tokio::time::Instant;
 
-impl Launch {
-    /// `quarry ps`: every desired container of the stack (or all stacks) with what its
-    /// server reports, and the reported containers no longer desired.
-    pub(super) async fn ps(&self, stack: Option<String>) -> Result<PsView, String> {
-        let which = stack.clone();
-        let records = self
-            .cluster
-            .read(move |s: &ClusterState| {
-                s.stacks
-                    .iter()
-                    .filter(|(n, r)| r.revision > 0 && which.as_ref().is_none_or(|w| w == *n))
-                    .map(|(n, r)| (n.clone(), r.clone()))
-                    .collect::<Vec<_>>()
-            })
-            .await
-            .map_err(|e| e.to_string())?;
-        if let Some(s) = &stack {
-            if records.is_empty() {
-                return Err(Refusal::UnknownStack(s.clone()).to_string());
-            }
-        }
-        let reports = lock(&self.leader.reports).clone();
+use super::protocol::{PsRow, PsView, StackEntry};
+use super::soft::{Records, Soft, FRESH};
+
+impl Soft {
+    /// `quarry ps`: every desired container of `records` with what its server reports, and
+    /// the reported containers no longer desired; `servers` are the cluster's.
+    pub(super) fn ps(&self, now: Instant, records: &Records, servers: &[String]) -> PsView {
+        let reports = &self.reports;
         let mut rows = Vec::new();
         let mut seen: BTreeSet<(String, String)> = BTreeSet::new();
-        for (name, rec) in &records {
+        for (name, rec) in records {
             for d in &rec.desired {
                 let p = d.placement.as_ref();
                 let server = p.map(|p| p.server.0.clone()).unwrap_or_default();
@@ -40,7 +24,9 @@ impl Launch {
                     Some(p.address(*hp))
                 });
                 let retiring = rec.retiring.contains(&d.slice);
-                let fresh = reports.get(&server).filter(|(at, _)| at.elapsed() <= FRESH);
+                let fresh = reports
+                    .get(&server)
+                    .filter(|(at, _)| now.duration_since(*at) <= FRESH);
                 let found = fresh.and_then(|(_, r)| {
                     r.containers
                         .iter()
@@ -87,8 +73,8 @@ impl Launch {
             }
         }
         let names: BTreeSet<&String> = records.iter().map(|(n, _)| n).collect();
-        for (server, (at, r)) in &reports {
-            if at.elapsed() > FRESH {
+        for (server, (at, r)) in reports {
+            if now.duration_since(*at) > FRESH {
                 continue;
             }
             for c in r.containers.iter().filter(|c| names.contains(&c.stack)) {
@@ -114,39 +100,32 @@ impl Launch {
             (&a.stack, &a.node, a.revision, a.replica, &a.server)
                 .cmp(&(&b.stack, &b.node, b.revision, b.replica, &b.server))
         });
-        let servers = self.cluster.servers_now();
         let silent = servers
-            .keys()
+            .iter()
             .filter_map(|s| match reports.get(s) {
                 None => Some(format!("{s}: no report yet")),
-                Some((at, _)) if at.elapsed() > FRESH => {
-                    Some(format!("{s}: last report {}s ago", at.elapsed().as_secs()))
-                }
+                Some((at, _)) if now.duration_since(*at) > FRESH => Some(format!(
+                    "{s}: last report {}s ago",
+                    now.duration_since(*at).as_secs()
+                )),
                 Some((_, r)) => r.engine.as_ref().map(|e| format!("{s}: {e}")),
             })
             .collect();
-        Ok(PsView { rows, silent })
+        PsView { rows, silent }
     }
 
-    /// `quarry stacks`.
-    pub(super) async fn stacks(&self) -> Result<Vec<StackEntry>, String> {
-        let view = self.ps(None).await?;
-        let records = self
-            .cluster
-            .read(|s: &ClusterState| {
-                s.stacks
-                    .iter()
-                    .filter(|(_, r)| r.revision > 0)
-                    .map(|(n, r)| (n.clone(), r.clone()))
-                    .collect::<Vec<_>>()
-            })
-            .await
-            .map_err(|e| e.to_string())?;
-        let busy = lock(&self.leader.busy).clone();
-        let failures = lock(&self.leader.failures).clone();
+    /// `quarry stacks` over `records`.
+    pub(super) fn stacks(
+        &self,
+        now: Instant,
+        records: &Records,
+        servers: &[String],
+    ) -> Vec<StackEntry> {
+        let view = self.ps(now, records, servers);
+        let (busy, failures) = (&self.busy, &self.failures);
         let mut out = Vec::new();
         for (name, rec) in records {
-            let rows: Vec<&PsRow> = view.rows.iter().filter(|r| r.stack == name).collect();
+            let rows: Vec<&PsRow> = view.rows.iter().filter(|r| r.stack == *name).collect();
             let mut nodes = BTreeMap::new();
             for node in rec.current.nodes.keys() {
                 let live: Vec<&&PsRow> = rows
@@ -181,7 +160,7 @@ impl Launch {
                 ("disabled", None)
             } else if !broken.is_empty() {
                 ("failed", Some(broken.join("; ")))
-            } else if let Some(id) = busy.get(&name) {
+            } else if let Some(id) = busy.get(name) {
                 ("deploying", Some(format!("deploy {id} running")))
             } else if pending || !rec.retiring.is_empty() {
                 (
@@ -204,9 +183,9 @@ impl Launch {
                     .values()
                     .flat_map(|n| n.domains.clone())
                     .collect(),
-                last_failure: failures.get(&name).cloned().or(rec.failed.clone()),
+                last_failure: failures.get(name).cloned().or(rec.failed.clone()),
             });
         }
-        Ok(out)
+        out
     }
 }
