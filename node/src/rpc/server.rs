@@ -297,8 +297,12 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         }
         Lane::Join | Lane::JoinWithVersions => match &h.join {
             Some(j) => {
-                j.serve(&mut s, first_frame_within, hello.lane == Lane::JoinWithVersions)
-                    .await
+                j.serve(
+                    &mut s,
+                    first_frame_within,
+                    hello.lane == Lane::JoinWithVersions,
+                )
+                .await
             }
             None => Ok(()),
         },
