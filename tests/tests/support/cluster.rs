@@ -41,16 +41,31 @@ impl Cluster {
     /// carries the tag `router` in its quarryd.toml. Returns once all are voters or learners as
     /// the rule says (1 voter below 3 servers, 3 from 3).
     pub fn up(n: usize, router: Option<usize>) -> Cluster {
+        Cluster::up_with(router, vec![(super::quarryd(), super::LAB_CONFIG); n])
+    }
+
+    /// [`Cluster::up`] with one quarryd binary per server, in order, each with the base of its
+    /// quarryd.toml (an older build knows fewer settings: for an upgrade). The founder's
+    /// binary is kept as the cluster's.
+    pub fn up_with(router: Option<usize>, servers: Vec<(PathBuf, &str)>) -> Cluster {
         let t0 = Instant::now();
-        let bin = super::quarryd();
+        let n = servers.len();
+        let bins: Vec<PathBuf> = servers.iter().map(|(b, _)| b.clone()).collect();
+        let bin = bins[0].clone();
         let cli_bin = super::quarry_bin();
         let lab = Lab::builder(n)
             .docker(1..=n)
             .build()
             .expect("lab (needs root)");
-        if let Some(r) = router {
-            let h = lab.host(r);
-            super::write_config(h, "tags = [\"router\"]\n");
+        for (i, h) in lab.hosts().iter().enumerate() {
+            let tags = if router == Some(i + 1) {
+                "tags = [\"router\"]\n"
+            } else {
+                ""
+            };
+            let path = h.config_dir().join("quarryd.toml");
+            std::fs::write(&path, format!("{}{tags}", servers[i].1))
+                .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
         }
         let hosts: Vec<&Host> = lab.hosts().iter().collect();
         let (ok, out, err) = quarryd_in(hosts[0], &bin, &["init"]);
@@ -63,11 +78,11 @@ impl Cluster {
             if i > 0 {
                 let (ok, out, err) = quarryd_in(
                     h,
-                    &bin,
+                    &bins[i],
                     &["join", &hosts[0].addr().to_string(), "--token", &join_token],
                 );
                 assert!(ok, "join {}: {out}{err}", h.name());
-                start_on_engine(&lab, h, &bin);
+                start_on_engine(&lab, h, &bins[i]);
             }
             let k = i + 1;
             let voters = if k < 3 {

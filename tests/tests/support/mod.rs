@@ -16,6 +16,27 @@ use serde_json::Value;
 /// Build a binary of this workspace into its target directory and return its path (this test
 /// crate cannot name another package's binary, so it asks cargo, which is quick when the
 /// binary is up to date).
+/// Not the variables cargo set for this test (the package's name, manifest dir...): build
+/// scripts that watch them (ring's) would rerun, and every build would recompile them.
+pub fn without_cargo_env(cmd: &mut Command) {
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy().into_owned();
+        if (k.starts_with("CARGO_") && k != "CARGO_HOME") || k == "OUT_DIR" {
+            cmd.env_remove(&k);
+        }
+    }
+}
+
+/// The target directory this test binary was built in.
+pub fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    exe.parent()
+        .and_then(|d| d.parent())
+        .and_then(|d| d.parent())
+        .expect("target/<profile>/deps")
+        .to_path_buf()
+}
+
 fn binary(package: &str, bin: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
     let profile_dir = exe
@@ -26,14 +47,7 @@ fn binary(package: &str, bin: &str) -> PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.toml");
     let mut cmd = Command::new(cargo);
-    // Not the variables cargo set for this test (the package's name, manifest dir...): build
-    // scripts that watch them (ring's) would rerun, and every build would recompile them.
-    for (k, _) in std::env::vars_os() {
-        let k = k.to_string_lossy().into_owned();
-        if (k.starts_with("CARGO_") && k != "CARGO_HOME") || k == "OUT_DIR" {
-            cmd.env_remove(&k);
-        }
-    }
+    without_cargo_env(&mut cmd);
     cmd.args([
         "build",
         "-q",
