@@ -14,7 +14,7 @@
 //! it from then on, and the run fails. (An abort, such as a stack overflow, ends the run at
 //! once, which fails it too.)
 //!
-//! `QUARRY_BENCH=quick` (CI) runs a quarter of the cases. The last line is one JSON object.
+//! `QUARRY_BENCH=quick` (CI) runs a tenth of the cases. The last line is one JSON object.
 
 #[path = "../fuzz/targets.rs"]
 mod targets;
@@ -34,7 +34,7 @@ fn cases(t: &Target, quick: bool) -> u64 {
         _ => FULL_CASES,
     };
     if quick {
-        base / 4
+        base / 10
     } else {
         base
     }
