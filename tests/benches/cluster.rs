@@ -86,14 +86,9 @@ fn quarryd_pid(h: &Host) -> u32 {
 }
 
 fn rss_mb(pid: u32) -> f64 {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    let kb: f64 = text
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .expect("VmRSS");
-    kb / 1024.0
+    let kib = quarry_tests::rss_kib(pid);
+    assert!(kib > 0, "no VmRSS for pid {pid}");
+    kib as f64 / 1024.0
 }
 
 fn p99(xs: &[f64]) -> f64 {

@@ -35,7 +35,7 @@ mod sys;
 pub use error::{LabError, Result};
 pub use host::{Host, ProcessSpec};
 pub use lab::{Lab, LabBuilder};
-pub use sys::poll;
+pub use sys::{poll, rss_kib};
 
 /// Writes a Docker build context for a `FROM scratch` image holding the machine's static
 /// busybox at `/bin/busybox` (run it as `/bin/busybox httpd ...`). No registry needed.

@@ -282,3 +282,17 @@ pub(crate) fn environ_value(pid: u32, key: &str) -> Option<String> {
             .map(|v| String::from_utf8_lossy(v).into_owned())
     })
 }
+
+/// The resident memory of process `pid` in KiB (`VmRSS` of `/proc/PID/status`), or 0 when it
+/// is gone.
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}

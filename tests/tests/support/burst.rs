@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use quarry_tests::Host;
+use quarry_tests::{rss_kib, Host};
 use tokio::io::AsyncWriteExt;
 
 use super::Cli;
@@ -44,19 +44,6 @@ pub struct Watch {
     pub attacks: usize,
     /// How long the burst lasted.
     pub took: Duration,
-}
-
-/// Resident memory of `pid` in KiB.
-pub fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|n| n.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 fn xorshift(state: &mut u64) -> u64 {
